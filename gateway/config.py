@@ -1,0 +1,46 @@
+"""Settings of the gateway service, read from ``VLQ_GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.config import DEFAULT_MODEL
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway can be told; built once by the entry point and passed in."""
+
+    model_config = SettingsConfigDict(env_prefix="VLQ_GATEWAY_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Must name the model the workers serve: it is part of every cache key.
+    model: str = DEFAULT_MODEL
+
+    # Input limits: a request outside them gets a 4xx and nothing is written to Redis.
+    max_images: int = Field(default=4, ge=1, le=64)
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=1024)
+    max_aspect_ratio: float = Field(default=100.0, ge=1.0)
+    max_prompt_chars: int = Field(default=16_000, ge=1)
+    max_tokens_limit: int = Field(default=4096, ge=1)
+    default_max_tokens: int = Field(default=256, ge=1)
+
+    # Cache tiers.
+    l1_ttl_s: int = Field(default=600, ge=1)
+    l2_ttl_s: int = Field(default=86_400, ge=1)
+    l2_path: Path = Path(".cache/l2-cache.sqlite3")
+    l2_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    near_max_distance: int = Field(default=6, ge=0, le=64)
+
+    # Queue and result lifetimes.
+    job_timeout_s: int = Field(default=600, ge=1)
+    result_ttl_s: int = Field(default=3600, ge=60)
+    image_ttl_s: int = Field(default=7200, ge=60)
+    job_retries: int = Field(default=2, ge=0, le=10)
+    max_wait_s: float = Field(default=60.0, ge=0)
+    janitor_interval_s: float = Field(default=5.0, gt=0)
+    # A started job whose worker stopped heart-beating for this long is swept (retried or failed).
+    stale_after_s: int = Field(default=30, ge=5)

@@ -1,0 +1,44 @@
+"""Settings of the worker service, read from ``VLQ_WORKER_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Where ``make model`` builds the tiny random-weight Qwen3-VL. Point VLQ_WORKER_MODEL (and VLQ_GATEWAY_MODEL)
+# at "Qwen/Qwen3-VL-2B-Instruct" or a local copy of it for real answers.
+DEFAULT_MODEL = ".cache/models/tiny-qwen3-vl"
+
+
+class WorkerSettings(BaseSettings):
+    """Everything the worker can be told; built once in ``worker.__main__`` and passed in."""
+
+    model_config = SettingsConfigDict(env_prefix="VLQ_WORKER_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    name: str | None = None
+    # "vllm" is the product; "instant" is a named test double for queue-overhead tests and benchmarks.
+    engine: Literal["vllm", "instant"] = "vllm"
+    max_inflight: int = Field(default=16, ge=1, le=1024)
+    # Seconds a started job stays claimed without a heartbeat; the janitor sweeps it after that.
+    heartbeat_ttl_s: int = Field(default=30, ge=5)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    drain_timeout_s: float = Field(default=600.0, ge=0)
+    dequeue_timeout_s: int = Field(default=1, ge=1)
+
+    # vLLM engine settings (passed to AsyncEngineArgs).
+    model: str = DEFAULT_MODEL
+    dtype: str = "auto"
+    max_model_len: int = Field(default=8192, ge=256)
+    enable_chunked_prefill: bool = True
+    max_num_batched_tokens: int = Field(default=8192, ge=16)
+    max_num_seqs: int = Field(default=16, ge=1)
+    gpu_memory_utilization: float = Field(default=0.8, gt=0, le=1)
+    limit_mm_images: int = Field(default=4, ge=1)
+    enforce_eager: bool = False
+    trust_remote_code: bool = False
+    seed: int = 0
+    # Upper bound on image pixels handed to the vision encoder (the processor resizes to fit).
+    max_image_pixels_for_model: int = Field(default=1280 * 28 * 28, ge=1024)

@@ -1,0 +1,41 @@
+"""Every Redis key prefix, channel and queue name vlq uses, in one place.
+
+Gateway, worker and cache all import from here so that a key is spelled once. This module imports nothing
+heavy: the gateway loads it.
+"""
+
+from typing import Final
+
+# RQ queue the gateway enqueues inference jobs on (RQ stores it as ``rq:queue:<name>``).
+QUEUE_NAME: Final = "vlq-infer"
+# Dotted path of the job function; the gateway enqueues by this string and never imports worker code.
+INFER_FUNC: Final = "worker.tasks.infer"
+
+# Request record: request_id -> {job_id, tenant, cache_key, created_at}; a request id is what clients hold.
+REQUEST_PREFIX: Final = "vlq:req:"
+# Result document of a finished job (JSON), written once by whoever ends the job.
+RESULT_PREFIX: Final = "vlq:result:"
+# Uploaded image bytes, stored once by content digest; jobs carry the digest, not the bytes.
+IMAGE_PREFIX: Final = "vlq:img:"
+# L1 cache entry: cache key -> JSON result, with a TTL.
+CACHE_PREFIX: Final = "vlq:cache:"
+# In-flight marker: cache key -> job id while a job for that key is queued or running (coalescing).
+INFLIGHT_PREFIX: Final = "vlq:inflight:"
+# Near-duplicate index: bucket (scope, model, prompt, params) -> sorted set of {cache key, pHashes}.
+NEAR_PREFIX: Final = "vlq:near:"
+# Pub/sub channel on which the id of every job that reached a final state is published.
+EVENTS_CHANNEL: Final = "vlq:events"
+# Idempotency key -> request id, per tenant.
+IDEMPOTENCY_PREFIX: Final = "vlq:idem:"
+# Per-tenant fixed-window request counters (rate limit).
+RATE_PREFIX: Final = "vlq:rate:"
+# Per-tenant set of request ids still queued or running (in-flight quota).
+TENANT_INFLIGHT_PREFIX: Final = "vlq:tenant-inflight:"
+# Cancel flag for a job; the worker polls it to abort a running generation.
+CANCEL_PREFIX: Final = "vlq:cancel:"
+# Lock so that one janitor at a time sweeps, however many gateway replicas run.
+JANITOR_LOCK: Final = "vlq:janitor:lock"
+# Counter of engine calls made by all workers (tests and benchmarks read it).
+ENGINE_CALLS: Final = "vlq:stats:engine-calls"
+# Highest number of jobs one worker had in flight on its engine at once.
+MAX_INFLIGHT_SEEN: Final = "vlq:stats:max-inflight"
