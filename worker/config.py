@@ -27,6 +27,8 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     drain_timeout_s: float = Field(default=600.0, ge=0)
     dequeue_timeout_s: int = Field(default=1, ge=1)
+    # /healthz (200 once the engine is loaded) and /metrics are served on this port.
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
 
     # vLLM engine settings (passed to AsyncEngineArgs).
     model: str = DEFAULT_MODEL
