@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where ``make model`` builds the tiny random-weight Qwen3-VL. Point VLQ_WORKER_MODEL (and VLQ_GATEWAY_MODEL)
@@ -32,6 +32,8 @@ class WorkerSettings(BaseSettings):
 
     # vLLM engine settings (passed to AsyncEngineArgs).
     model: str = DEFAULT_MODEL
+    # The model id jobs must name (the gateway's VLQ_GATEWAY_MODEL); defaults to ``model``.
+    served_model_name: str = ""
     dtype: str = "auto"
     max_model_len: int = Field(default=8192, ge=256)
     enable_chunked_prefill: bool = True
@@ -44,3 +46,9 @@ class WorkerSettings(BaseSettings):
     seed: int = 0
     # Upper bound on image pixels handed to the vision encoder (the processor resizes to fit).
     max_image_pixels_for_model: int = Field(default=1280 * 28 * 28, ge=1024)
+
+    @model_validator(mode="after")
+    def _default_served_name(self) -> WorkerSettings:
+        if not self.served_model_name:
+            self.served_model_name = self.model
+        return self

@@ -6,12 +6,12 @@ torch. Everything that crosses Redis between the two services is one of these mo
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     """Where a request stands. ``queued`` and ``running`` are pending; the rest are final."""
 
     QUEUED = "queued"
@@ -26,7 +26,7 @@ class JobState(str, Enum):
         return self not in (JobState.QUEUED, JobState.RUNNING)
 
 
-class CacheMode(str, Enum):
+class CacheMode(StrEnum):
     """How a request may be answered from cache. ``near`` is opt-in pHash matching."""
 
     EXACT = "exact"
@@ -34,7 +34,7 @@ class CacheMode(str, Enum):
     OFF = "off"
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """Why a job failed; a client can act on each of these differently."""
 
     WORKER_LOST = "worker_lost"
@@ -88,6 +88,9 @@ class InferJob(BaseModel):
     tenant: str
     enqueued_at: float
     deadline_at: float | None = None
+    # Lifetimes chosen by the gateway's settings, carried so that both services agree on them.
+    result_ttl_s: int = Field(ge=1)
+    cache_ttl_s: int = Field(ge=1)
 
 
 class Usage(BaseModel):

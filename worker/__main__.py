@@ -1,0 +1,97 @@
+"""Worker entry point: ``python -m worker``.
+
+Builds the engine once, here and only here (never at import time, never per job, never in a forked
+child), then runs the job loop. SIGTERM stops taking jobs, drains those in flight and exits 0.
+vLLM's AsyncLLM starts its engine core in a spawned child process, which re-imports the main module:
+everything heavy therefore sits under the ``__main__`` guard below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from contextlib import suppress
+
+from redis import Redis
+from rq.serializers import JSONSerializer
+from rq.worker import Worker
+
+from worker import metrics
+from worker.config import WorkerSettings
+from worker.engine import Engine, InstantEngine
+from worker.rqjobs import open_queue
+from worker.runner import Runner
+
+log = logging.getLogger("vlq.worker")
+
+
+async def build_engine(settings: WorkerSettings) -> Engine:
+    """The configured engine: vLLM (the product) or the instant test double."""
+    if settings.engine == "instant":
+        return InstantEngine()
+    from worker.vllm_engine import VllmEngine
+
+    return await VllmEngine.start(settings)
+
+
+def _phash(data: bytes) -> str:
+    from cache.near import phash_hex
+
+    return phash_hex(data)
+
+
+async def _keep_registered(rq_worker: Worker, interval_s: float, ttl_s: int) -> None:
+    # RQ lists live workers from their own heartbeat key; `rq info` shows this worker while it beats.
+    while True:
+        await asyncio.to_thread(rq_worker.heartbeat, ttl_s)
+        await asyncio.sleep(interval_s)
+
+
+async def serve(settings: WorkerSettings) -> None:
+    """Load the engine, register with RQ, run jobs until SIGTERM/SIGINT, drain, unregister."""
+    name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
+    redis = Redis.from_url(settings.redis_url, health_check_interval=30)
+    ready = False
+    engine: Engine | None = None
+    gpu_memory = None
+    server = metrics.serve(settings.metrics_port, lambda: ready) if settings.metrics_port else None
+    started = time.monotonic()
+    engine = await build_engine(settings)
+    gpu_memory = getattr(engine, "gpu_memory", None)
+    log.info("engine %s ready in %.1f s", settings.engine, time.monotonic() - started)
+    runner = Runner(settings, engine, redis, name, phash=_phash)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.request_stop)
+    rq_worker = Worker([open_queue(redis)], connection=redis, name=name, serializer=JSONSerializer)
+    await asyncio.to_thread(rq_worker.register_birth)
+    beat = asyncio.create_task(_keep_registered(rq_worker, settings.heartbeat_interval_s,
+                                                settings.heartbeat_ttl_s))
+    ready = True
+    if server is not None and gpu_memory is not None:
+        server.shutdown()
+        server = metrics.serve(settings.metrics_port, lambda: ready, gpu_memory)
+    try:
+        await runner.run()
+    finally:
+        beat.cancel()
+        with suppress(Exception):
+            await asyncio.to_thread(rq_worker.register_death)
+        engine.shutdown()
+        if server is not None:
+            server.shutdown()
+    log.info("worker %s stopped", name)
+
+
+def main() -> None:
+    """Run the worker with settings from the environment."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(WorkerSettings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Ending a job: the result document, the L1 cache fill and RQ's own bookkeeping.
+
+Used by the worker when a job ends and by the gateway's janitor when a worker vanished. The first writer
+of a job's result wins (a Lua script checks and writes atomically), so a client never sees two different
+results for one request even when a presumed-dead worker finishes late. Import-light: the gateway uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from redis import Redis
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry
+from rq.utils import now
+
+from worker.constants import CACHE_PREFIX, EVENTS_CHANNEL, INFLIGHT_PREFIX, NEAR_PREFIX, RESULT_PREFIX
+from worker.contract import CacheMode, InferJob, JobResult, JobState
+
+# KEYS: result, inflight, cache, near.  ARGV: job id, result json, result ttl, cache json ('' = none),
+# cache ttl, near member ('' = none), now, events channel.  Returns 1 if this call wrote the result.
+_FINISH_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
+  if ARGV[6] ~= '' then
+    redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -257)
+    redis.call('EXPIRE', KEYS[4], ARGV[5])
+  end
+end
+redis.call('PUBLISH', ARGV[8], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a job ended, and what to remember of it."""
+
+    job_id: str
+    result: JobResult
+    payload: InferJob | None
+    phashes: list[str] | None = None
+
+
+def result_key(job_id: str) -> str:
+    return RESULT_PREFIX + job_id
+
+
+def publish_result(redis: Redis, ending: Ending, default_ttl_s: int = 3600) -> bool:
+    """Write the result document (and the cache entry for a success) unless one exists. True if written."""
+    payload = ending.payload
+    cache_key = payload.cache_key if payload else ""
+    cacheable = (payload is not None and ending.result.state is JobState.DONE
+                 and payload.cache_mode is not CacheMode.OFF)
+    result_json = ending.result.model_dump_json()
+    near_member = ""
+    if cacheable and payload is not None and payload.near_bucket and ending.phashes:
+        near_member = json.dumps({"k": cache_key, "p": ending.phashes}, separators=(",", ":"))
+    keys = [result_key(ending.job_id), INFLIGHT_PREFIX + cache_key, CACHE_PREFIX + cache_key,
+            NEAR_PREFIX + (payload.near_bucket or "") if payload else NEAR_PREFIX]
+    args: list[str | int | float] = [ending.job_id, result_json, payload.result_ttl_s if payload else default_ttl_s,
+            result_json if cacheable else "", payload.cache_ttl_s if payload else 1, near_member,
+            time.time(), EVENTS_CHANNEL]
+    return bool(redis.eval(_FINISH_LUA, len(keys), *keys, *args))
+
+
+def record_in_rq(redis: Redis, job: Job, execution: Execution | None, result: JobResult,
+                 worker_name: str) -> None:
+    """Move the job to RQ's finished or failed registry, as RQ's own worker would."""
+    with redis.pipeline() as pipe:
+        if execution is not None:
+            execution.delete(job, pipeline=pipe)
+        else:
+            job.started_job_registry.remove_executions(job, pipeline=pipe)
+        job.ended_at = now()
+        if result.state is JobState.DONE:
+            job._result = result.model_dump(mode="json")
+            job._handle_success(job.result_ttl or 3600, pipeline=pipe, worker_name=worker_name)
+            job.cleanup(job.result_ttl or 3600, pipeline=pipe, remove_from_queue=False)
+        elif result.state is JobState.CANCELED:
+            job.set_status(JobStatus.CANCELED, pipeline=pipe)
+            CanceledJobRegistry(job.origin, connection=redis).add(job, pipeline=pipe)
+        else:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            message = result.error.message if result.error else result.state.value
+            code = result.error.code.value if result.error else result.state.value
+            job._handle_failure(f"{code}: {message}", pipeline=pipe, worker_name=worker_name)
+        pipe.execute()
