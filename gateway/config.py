@@ -16,8 +16,16 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VLQ_GATEWAY_", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
     # Must name the model the workers serve: it is part of every cache key.
     model: str = DEFAULT_MODEL
+
+    # Tenants: API keys from a JSON file of hashes (a mounted Secret). Off only when set false explicitly.
+    auth_enabled: bool = True
+    api_keys_file: Path | None = None
 
     # Input limits: a request outside them gets a 4xx and nothing is written to Redis.
     max_images: int = Field(default=4, ge=1, le=64)
@@ -25,6 +33,9 @@ class GatewaySettings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1024)
     max_aspect_ratio: float = Field(default=100.0, ge=1.0)
     max_prompt_chars: int = Field(default=16_000, ge=1)
+    # Request bodies: a larger one is refused while it streams in, a slower one when a read stalls.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    body_read_timeout_s: float = Field(default=15.0, gt=0)
     max_tokens_limit: int = Field(default=4096, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
 
@@ -34,10 +45,15 @@ class GatewaySettings(BaseSettings):
     l2_path: Path = Path(".cache/l2-cache.sqlite3")
     l2_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     near_max_distance: int = Field(default=6, ge=0, le=64)
+    # Cache entries are per tenant unless this is set: then tenants can learn what others asked.
+    shared_cache: bool = False
 
     # Queue and result lifetimes.
     job_timeout_s: int = Field(default=600, ge=1)
     result_ttl_s: int = Field(default=3600, ge=60)
+    # How long a request id is known; past result_ttl_s (and before this) polling it answers 410.
+    request_ttl_s: int = Field(default=86_400, ge=60)
+    max_queue_depth: int = Field(default=10_000, ge=1)
     image_ttl_s: int = Field(default=7200, ge=60)
     job_retries: int = Field(default=2, ge=0, le=10)
     max_wait_s: float = Field(default=60.0, ge=0)

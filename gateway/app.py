@@ -1,0 +1,71 @@
+"""The gateway application factory.
+
+``create_app(settings)`` builds the app; connections are made in the lifespan and kept on
+``app.state``. This module imports neither vllm nor torch (a test proves it): the gateway image is slim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+
+from gateway import errors, routes
+from gateway.auth import Keyring
+from gateway.backend import connect
+from gateway.config import GatewaySettings
+from gateway.janitor import Janitor
+from gateway.middleware import BodyLimit, Observe
+
+log = logging.getLogger("vlq.gateway")
+
+
+def build_keyring(settings: GatewaySettings) -> Keyring:
+    """The tenants' keys; refuses to start with auth on and no key file."""
+    if not settings.auth_enabled:
+        log.warning("AUTH IS OFF: every request is served as tenant 'public' (VLQ_GATEWAY_AUTH_ENABLED=false)")
+        return Keyring(entries=(), open=True)
+    if settings.api_keys_file is None:
+        raise ValueError("auth is on but VLQ_GATEWAY_API_KEYS_FILE is not set "
+                         "(set it, or VLQ_GATEWAY_AUTH_ENABLED=false to run open)")
+    return Keyring.load(settings.api_keys_file)
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """The gateway app for ``settings``."""
+    keyring = build_keyring(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backend = connect(settings)
+        app.state.backend = backend
+        backend.waiter.start()
+        janitor = Janitor(backend.redis, backend.queue, settings.stale_after_s, settings.janitor_interval_s)
+        sweeping = asyncio.create_task(janitor.run())
+        try:
+            yield
+        finally:
+            sweeping.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeping
+            await backend.waiter.stop()
+            await backend.aredis.aclose()
+            backend.redis.close()
+            backend.l2.close()
+
+    app = FastAPI(title="vlq", summary="Queue-based inference for vision-language models", version="0.1.0",
+                  lifespan=lifespan)
+    app.state.keyring = keyring
+    errors.install(app)
+    app.include_router(routes.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s)
+    app.add_middleware(Observe)  # outermost: every response, refusals included, gets an id and a log line
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn (``--factory``): settings from the environment."""
+    return create_app(GatewaySettings())

@@ -1,0 +1,144 @@
+"""The janitor: ends or retries jobs whose worker vanished, even when no worker is alive.
+
+It runs in every gateway process but sweeps in one at a time (a Redis lock). Each sweep:
+- started jobs whose execution lease expired (the worker stopped heart-beating): if a result was already
+  written, only RQ's bookkeeping is finished; else the job is retried while it has retries left, and
+  otherwise ends ``failed`` with ``worker_lost``;
+- jobs a worker popped but never registered (it died in between) go back to the front of the queue;
+- queue gauges for metrics and autoscaling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq.executions import Execution
+from rq.job import Job
+from rq.queue import Queue
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+from rq.utils import str_to_date
+
+from cache.codec import as_text
+from gateway import metrics
+from worker.completion import Ending, publish_result, record_in_rq, result_key
+from worker.constants import JANITOR_LOCK
+from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState
+
+log = logging.getLogger("vlq.gateway.janitor")
+
+# Requeue a popped id only if it is still in the intermediate list, atomically.
+_REQUEUE_LUA = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[1]) return 1 end
+return 0
+"""
+
+
+class Janitor:
+    """Sweeps one queue; ``sweep`` blocks (call it from a thread), ``run`` loops it from asyncio."""
+
+    def __init__(self, redis: Redis, queue: Queue, stale_after_s: int, interval_s: float) -> None:
+        self.redis = redis
+        self.queue = queue
+        self.stale_after_s = stale_after_s
+        self.interval_s = interval_s
+        self._seen_popped: dict[str, float] = {}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.sweep_if_leader)
+            except RedisError as exc:
+                log.warning("janitor sweep skipped: %s", type(exc).__name__)
+            except Exception:
+                log.exception("janitor sweep failed")
+            await asyncio.sleep(self.interval_s)
+
+    def sweep_if_leader(self) -> None:
+        lock_ttl = max(int(self.interval_s * 2), 2)
+        if self.redis.set(JANITOR_LOCK, "1", nx=True, ex=lock_ttl):
+            self.sweep()
+        self.update_gauges()
+
+    def sweep(self) -> int:
+        """One pass; returns how many jobs it ended, retried or requeued."""
+        return self.sweep_expired() + self.sweep_popped()
+
+    def sweep_expired(self) -> int:
+        registry = StartedJobRegistry(self.queue.name, connection=self.redis, serializer=JSONSerializer)
+        now = time.time()
+        entries = self.redis.zrangebyscore(registry.key, 0, now)
+        for entry in entries:
+            job_id, execution_id = as_text(entry).split(":", 1)
+            self._recover(job_id, execution_id)
+            self.redis.zrem(registry.key, as_text(entry))
+        return len(entries)
+
+    def _recover(self, job_id: str, execution_id: str) -> None:
+        try:
+            job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+        except Exception:  # the job hash expired or is unreadable: nothing left to end
+            return
+        execution = Execution(execution_id, job_id, connection=self.redis)
+        raw = self.redis.get(result_key(job_id))
+        if raw is not None:
+            record_in_rq(self.redis, job, execution, JobResult.model_validate_json(raw), "janitor")
+        elif job.retries_left:
+            with self.redis.pipeline() as pipe:
+                execution.delete(job, pipeline=pipe)
+                job.retry(self.queue, pipe)
+                pipe.execute()
+            metrics.JANITOR.labels(action="retried").inc()
+            log.warning("job %s lost its worker; retried (%s retries left)", job_id, job.retries_left)
+        else:
+            self._fail_lost(job, execution)
+
+    def _fail_lost(self, job: Job, execution: Execution) -> None:
+        try:
+            payload: InferJob | None = InferJob.model_validate(job.kwargs.get("job"))
+        except Exception:
+            payload = None
+        error = JobError(code=ErrorCode.WORKER_LOST,
+                         message="the worker running this request was lost and no retries are left")
+        result = JobResult(state=JobState.FAILED, error=error, finished_at=time.time(),
+                           model=payload.model if payload else None)
+        publish_result(self.redis, Ending(job_id=job.id, result=result, payload=payload))
+        record_in_rq(self.redis, job, execution, result, "janitor")
+        metrics.JANITOR.labels(action="failed").inc()
+        log.warning("job %s lost its worker; failed (no retries left)", job.id)
+
+    def sweep_popped(self) -> int:
+        started = {as_text(entry).split(":", 1)[0] for entry in
+                   self.redis.zrange(StartedJobRegistry(self.queue.name, connection=self.redis).key, 0, -1)}
+        now = time.monotonic()
+        requeued = 0
+        popped = [as_text(raw) for raw in self.redis.lrange(self.queue.intermediate_queue_key, 0, -1)]
+        for job_id in popped:
+            if job_id in started:
+                continue
+            first = self._seen_popped.setdefault(job_id, now)
+            if now - first >= self.stale_after_s:
+                requeued += int(self.redis.eval(_REQUEUE_LUA, 2, self.queue.intermediate_queue_key,
+                                                self.queue.key, job_id))
+                self._seen_popped.pop(job_id, None)
+        self._seen_popped = {k: v for k, v in self._seen_popped.items() if k in popped}
+        return requeued
+
+    def update_gauges(self) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self.queue.key)
+            pipe.zcard(StartedJobRegistry(self.queue.name, connection=self.redis).key)
+            pipe.lindex(self.queue.key, 0)
+            depth, started, head = pipe.execute()
+        metrics.QUEUE_DEPTH.set(depth)
+        metrics.QUEUE_STARTED.set(started)
+        age = 0.0
+        if head is not None:
+            enqueued = self.redis.hget(Job.key_for(as_text(head)), "enqueued_at")
+            if enqueued:
+                age = max(time.time() - str_to_date(enqueued).timestamp(), 0.0)
+        metrics.QUEUE_OLDEST_AGE.set(age)

@@ -1,0 +1,99 @@
+"""``GET /api/result`` behind the route: where a request stands, waiting for it to end if asked.
+
+State comes from our result document when the job has ended; before that from RQ's own job status, so
+``queued``/``running`` mean what ``rq info`` says. A job RQ marked failed without our document (swept by
+RQ's own registry cleanup) reads as ``failed`` with ``worker_lost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from rq.job import Job
+from starlette.concurrency import run_in_threadpool
+
+from cache.codec import as_text
+from gateway.backend import Backend
+from gateway.errors import GoneError, NotFoundError
+from worker.completion import result_key
+from worker.constants import REQUEST_PREFIX
+from worker.contract import CacheMode, ErrorCode, JobError, JobResult, JobState
+
+_QUEUED = {b"queued", b"scheduled", b"deferred", b"created"}
+
+
+@dataclass(frozen=True)
+class View:
+    """What a client is told about a request."""
+
+    request_id: str
+    state: JobState
+    result: JobResult | None = None
+    position: int | None = None
+    x_cache: str | None = None
+
+
+async def view(backend: Backend, request_id: str, tenant: str) -> View:
+    """The request's current state; 404 if unknown (or another tenant's), 410 if its result expired."""
+    record = await backend.aredis.hgetall(REQUEST_PREFIX + request_id)
+    if not record or as_text(record.get(b"tenant")) != tenant:
+        raise NotFoundError("request_not_found", "no such request", "request_id")
+    if b"result" in record:
+        result = JobResult.model_validate_json(record[b"result"])
+        return View(request_id, result.state, result, x_cache=as_text(record.get(b"x_cache")))
+    job_id = as_text(record.get(b"job_id"))
+    async with backend.aredis.pipeline(transaction=False) as pipe:
+        pipe.get(result_key(job_id))
+        pipe.hget(Job.key_for(job_id), "status")
+        raw, status = await pipe.execute()
+    if raw is not None:
+        result = JobResult.model_validate_json(raw)
+        await _fill_l2(backend, request_id, record, raw, result)
+        return View(request_id, result.state, result, x_cache="MISS")
+    return await _pending(backend, request_id, job_id, status)
+
+
+async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: float) -> View:
+    """Like ``view``, but wait up to ``wait_s`` for a pending request to end (no polling loop)."""
+    current = await view(backend, request_id, tenant)
+    deadline = time.monotonic() + wait_s
+    while not current.state.is_final and (left := deadline - time.monotonic()) > 0:
+        job_id = as_text(await backend.aredis.hget(REQUEST_PREFIX + request_id, "job_id"))
+        async with backend.waiter.watch(job_id) as ended:
+            current = await view(backend, request_id, tenant)
+            if current.state.is_final:
+                break
+            with suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), timeout=left)
+        current = await view(backend, request_id, tenant)
+    return current
+
+
+async def _pending(backend: Backend, request_id: str, job_id: str, status: bytes | None) -> View:
+    if status is None:
+        raise GoneError("result_expired", "the result of this request has expired", "request_id")
+    if status in _QUEUED:
+        position = await backend.aredis.lpos(backend.queue.key, job_id)
+        return View(request_id, JobState.QUEUED, position=position if isinstance(position, int) else None)
+    if status == b"started":
+        return View(request_id, JobState.RUNNING)
+    # RQ ended the job without our result document (its own abandoned-job sweep did it).
+    error = JobError(code=ErrorCode.WORKER_LOST, message="the worker running this request was lost")
+    return View(request_id, JobState.FAILED, JobResult(state=JobState.FAILED, error=error,
+                                                       finished_at=time.time()))
+
+
+async def _fill_l2(backend: Backend, request_id: str, record: dict[Any, Any], raw: bytes,
+                   result: JobResult) -> None:
+    # Workers cannot reach a gateway's local SQLite; the gateway that hands out a fresh answer keeps it.
+    if result.state is not JobState.DONE or as_text(record.get(b"cache_mode")) in ("", CacheMode.OFF.value):
+        return
+    key = as_text(record.get(b"cache_key"))
+    # Once per request, not on every poll of it.
+    if await backend.aredis.hsetnx(REQUEST_PREFIX + request_id, "l2_filled", 1):
+        bucket = as_text(record.get(b"near_bucket")) or None
+        await run_in_threadpool(backend.l2.put, key, raw, bucket, result.phashes)

@@ -1,0 +1,101 @@
+"""Gateway fixtures: an app on real Redis, and an in-process worker driving the instant test engine."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from gateway.app import create_app
+from gateway.config import GatewaySettings
+from worker.config import WorkerSettings
+from worker.engine import Engine, InstantEngine
+from worker.runner import Runner
+
+MODEL = "test-model"
+
+
+@pytest.fixture
+def settings_factory(redis_url: str, tmp_path: Path) -> Callable[..., GatewaySettings]:
+    def create(**overrides: Any) -> GatewaySettings:
+        values: dict[str, Any] = {"redis_url": redis_url, "model": MODEL, "auth_enabled": False,
+                                  "l2_path": tmp_path / "l2.sqlite3", "janitor_interval_s": 0.2,
+                                  "max_wait_s": 10.0}
+        values.update(overrides)
+        return GatewaySettings(**values)
+
+    return create
+
+
+@pytest.fixture
+def client_factory(settings_factory: Callable[..., GatewaySettings]) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def create(**overrides: Any) -> TestClient:
+        client = TestClient(create_app(settings_factory(**overrides)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield create
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(client_factory: Callable[..., TestClient]) -> TestClient:
+    return client_factory()
+
+
+class ThreadWorker:
+    """A real Runner on its own event loop in a thread, driving a given engine (default: instant)."""
+
+    def __init__(self, redis_url: str, engine: Engine, **overrides: Any) -> None:
+        values: dict[str, Any] = {"redis_url": redis_url, "model": MODEL, "engine": "instant",
+                                  "heartbeat_interval_s": 0.2, "metrics_port": 0}
+        values.update(overrides)
+        self.settings = WorkerSettings(**values)
+        self.engine = engine
+        self.redis = Redis.from_url(redis_url)
+        self.loop = asyncio.new_event_loop()
+        self.runner: Runner | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.started = threading.Event()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.runner = Runner(self.settings, self.engine, self.redis, "test-worker")
+        self.started.set()
+        self.loop.run_until_complete(self.runner.run())
+
+    def start(self) -> ThreadWorker:
+        self.thread.start()
+        self.started.wait(5)
+        return self
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.loop.call_soon_threadsafe(self.runner.request_stop)
+        self.thread.join(timeout=15)
+        self.loop.close()
+        self.redis.close()
+
+
+@pytest.fixture
+def worker_factory(redis_url: str) -> Iterator[Callable[..., ThreadWorker]]:
+    workers: list[ThreadWorker] = []
+
+    def create(engine: Engine | None = None, **overrides: Any) -> ThreadWorker:
+        worker = ThreadWorker(redis_url, engine or InstantEngine(), **overrides).start()
+        workers.append(worker)
+        return worker
+
+    yield create
+    for worker in workers:
+        worker.stop()

@@ -1,0 +1,67 @@
+"""The request path through the gateway, real Redis and RQ, with the instant test engine as worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from tests.gateway.conftest import ThreadWorker
+from worker.constants import ENGINE_CALLS, QUEUE_NAME
+
+
+def post(client: TestClient, images: list[bytes], prompt: str = "What is this?", **fields: str):
+    files = [("image", (f"i{n}.png", data, "image/png")) for n, data in enumerate(images)]
+    return client.post("/api/infer", data={"prompt": prompt, **fields}, files=files)
+
+
+def test_miss_then_result_then_hit(client: TestClient, worker_factory: Callable[..., ThreadWorker],
+                                   image_factory: Callable[..., bytes], redis_client: Redis) -> None:
+    worker_factory()
+    image = image_factory((200, 10, 10))
+    first = post(client, [image])
+    assert first.status_code == 202, first.text
+    assert first.headers["x-cache"] == "MISS"
+    body = first.json()
+    assert body["status"] == "queued"
+    assert body["result_url"] == f"/api/result?request_id={body['request_id']}"
+
+    done = client.get(body["result_url"] + "&wait=10")
+    assert done.status_code == 200, done.text
+    result = done.json()
+    assert result["status"] == "done"
+    assert result["cached"] is False
+    assert result["result"]["text"].startswith("instant-engine prompt='What is this?'")
+    assert result["timings"]["engine_s"] is not None
+
+    again = post(client, [image])
+    assert again.status_code == 200
+    assert again.headers["x-cache"] == "HIT-L1"
+    assert again.json()["cached"] is True
+    assert again.json()["result"] == result["result"]
+    assert int(redis_client.get(ENGINE_CALLS)) == 1
+
+
+def test_rq_registries_show_finished_job(client: TestClient, worker_factory: Callable[..., ThreadWorker],
+                                         image_factory: Callable[..., bytes], redis_client: Redis) -> None:
+    from rq.queue import Queue
+    from rq.registry import FinishedJobRegistry, StartedJobRegistry
+
+    worker_factory()
+    accepted = post(client, [image_factory((1, 2, 3))]).json()
+    assert client.get(accepted["result_url"] + "&wait=10").json()["status"] == "done"
+    queue = Queue(QUEUE_NAME, connection=redis_client)
+    assert len(queue) == 0
+    assert StartedJobRegistry(QUEUE_NAME, connection=redis_client).count == 0
+    assert FinishedJobRegistry(QUEUE_NAME, connection=redis_client).count == 1
+
+
+def test_unknown_request_is_404_and_malformed_is_400(client: TestClient) -> None:
+    missing = client.get("/api/result?request_id=" + "a" * 22)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "request_not_found"
+    for bad in ("*", "../../etc/passwd", "a:b" * 10, "x" * 65):
+        response = client.get("/api/result", params={"request_id": bad})
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["code"] == "invalid_request_id"
