@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from contextlib import suppress
 
 from redis import Redis
@@ -29,13 +30,16 @@ from worker.runner import Runner
 log = logging.getLogger("vlq.worker")
 
 
-async def build_engine(settings: WorkerSettings) -> Engine:
-    """The configured engine: vLLM (the product) or the instant test double."""
-    if settings.engine == "instant":
-        return InstantEngine()
-    from worker.vllm_engine import VllmEngine
+GpuReading = Callable[[], tuple[int, int] | None]
 
-    return await VllmEngine.start(settings)
+
+async def build_engine(settings: WorkerSettings) -> tuple[Engine, GpuReading | None]:
+    """The configured engine — vLLM (the product) or the instant test double — and its GPU reading."""
+    if settings.engine == "instant":
+        return InstantEngine(settings.instant_delay_s), None
+    from worker.vllm_engine import VllmEngine, gpu_memory
+
+    return await VllmEngine.start(settings), gpu_memory
 
 
 def _phash(data: bytes) -> str:
@@ -56,12 +60,9 @@ async def serve(settings: WorkerSettings) -> None:
     name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
     redis = Redis.from_url(settings.redis_url, health_check_interval=30)
     ready = False
-    engine: Engine | None = None
-    gpu_memory = None
     server = metrics.serve(settings.metrics_port, lambda: ready) if settings.metrics_port else None
     started = time.monotonic()
-    engine = await build_engine(settings)
-    gpu_memory = getattr(engine, "gpu_memory", None)
+    engine, gpu_memory = await build_engine(settings)
     log.info("engine %s ready in %.1f s", settings.engine, time.monotonic() - started)
     runner = Runner(settings, engine, redis, name, phash=_phash)
     loop = asyncio.get_running_loop()

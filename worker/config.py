@@ -21,6 +21,8 @@ class WorkerSettings(BaseSettings):
     name: str | None = None
     # "vllm" is the product; "instant" is a named test double for queue-overhead tests and benchmarks.
     engine: Literal["vllm", "instant"] = "vllm"
+    # Seconds each instant-engine call takes (the test double only), so jobs can be caught in flight.
+    instant_delay_s: float = Field(default=0.0, ge=0)
     max_inflight: int = Field(default=16, ge=1, le=1024)
     # Seconds a started job stays claimed without a heartbeat; the janitor sweeps it after that.
     heartbeat_ttl_s: int = Field(default=30, ge=5)
