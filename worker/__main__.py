@@ -42,12 +42,6 @@ async def build_engine(settings: WorkerSettings) -> tuple[Engine, GpuReading | N
     return await VllmEngine.start(settings), gpu_memory
 
 
-def _phash(data: bytes) -> str:
-    from cache.near import phash_hex
-
-    return phash_hex(data)
-
-
 async def _keep_registered(rq_worker: Worker, interval_s: float, ttl_s: int) -> None:
     # RQ lists live workers from their own heartbeat key; `rq info` shows this worker while it beats.
     while True:
@@ -64,7 +58,7 @@ async def serve(settings: WorkerSettings) -> None:
     started = time.monotonic()
     engine, gpu_memory = await build_engine(settings)
     log.info("engine %s ready in %.1f s", settings.engine, time.monotonic() - started)
-    runner = Runner(settings, engine, redis, name, phash=_phash)
+    runner = Runner(settings, engine, redis, name)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.request_stop)

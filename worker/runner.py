@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pydantic import ValidationError
 from redis import Redis
 
+from cache.near import phash_hex
 from worker import metrics
 from worker.completion import Ending, publish_result, record_in_rq
 from worker.config import WorkerSettings
@@ -46,7 +47,7 @@ class Runner:
     """Feeds RQ jobs to one engine, many at a time, until asked to stop; then drains."""
 
     def __init__(self, settings: WorkerSettings, engine: Engine, redis: Redis, name: str,
-                 phash: Callable[[bytes], str] | None = None) -> None:
+                 phash: Callable[[bytes], str] | None = phash_hex) -> None:
         self.settings = settings
         self.engine = engine
         self.redis = redis
@@ -220,7 +221,8 @@ def _done(job_id: str, payload: InferJob, output: EngineOutput, started: float, 
                            usage=Usage(prompt_tokens=output.prompt_tokens,
                                        completion_tokens=output.completion_tokens)),
         timings=Timings(queue_wait_s=round(started - payload.enqueued_at, 4),
-                        engine_s=round(now - engine_start, 4), total_s=round(now - payload.enqueued_at, 4)))
+                        engine_s=round(now - engine_start, 4), total_s=round(now - payload.enqueued_at, 4)),
+        phashes=phashes)
     return Ending(job_id=job_id, result=result, payload=payload, phashes=phashes)
 
 

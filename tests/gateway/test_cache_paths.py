@@ -1,0 +1,117 @@
+"""Cache semantics through the gateway: exact keys, tiers, near mode, coalescing, failures not cached."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from tests.gateway.conftest import ThreadWorker
+from tests.gateway.test_request_path import post
+from worker.constants import CACHE_PREFIX, ENGINE_CALLS
+from worker.contract import ErrorCode
+from worker.engine import EngineError, EngineRequest, InstantEngine
+
+
+def result_of(client: TestClient, response) -> dict:
+    assert response.status_code == 202, response.text
+    done = client.get(response.json()["result_url"] + "&wait=10")
+    assert done.status_code == 200, done.text
+    return done.json()
+
+
+def screenshot(image_factory: Callable[..., bytes], digits: str) -> bytes:
+    return image_factory((255, 255, 255), size=(320, 80), text=f"INVOICE TOTAL {digits}")
+
+
+def test_screenshots_differing_by_one_digit_never_share_an_answer(
+        client: TestClient, worker_factory: Callable[..., ThreadWorker], image_factory: Callable[..., bytes],
+        redis_client: Redis) -> None:
+    worker_factory()
+    one, other = screenshot(image_factory, "1,234.56"), screenshot(image_factory, "1,234.58")
+    assert one != other
+    first = post(client, [one], prompt="What is the total?")
+    second = post(client, [other], prompt="What is the total?")
+    assert second.headers["x-cache"] == "MISS"
+    assert result_of(client, first)["result"]["text"] != result_of(client, second)["result"]["text"]
+    assert int(redis_client.get(ENGINE_CALLS)) == 2
+
+
+def test_near_mode_matches_lookalikes_only_when_asked(
+        client: TestClient, worker_factory: Callable[..., ThreadWorker], image_factory: Callable[..., bytes]) -> None:
+    worker_factory()
+    one, other = screenshot(image_factory, "1,234.56"), screenshot(image_factory, "1,234.58")
+    result_of(client, post(client, [one], cache="near"))
+    near = post(client, [other], cache="near")
+    assert near.status_code == 200, near.text
+    assert near.headers["x-cache-match"] == "near"
+    exact = post(client, [other], cache="exact")
+    assert exact.status_code == 202
+    assert exact.headers["x-cache"] == "MISS"
+
+
+def test_l2_answers_after_l1_expires_and_is_promoted(
+        client: TestClient, worker_factory: Callable[..., ThreadWorker], image_factory: Callable[..., bytes],
+        redis_client: Redis) -> None:
+    worker_factory()
+    image = image_factory((9, 99, 199))
+    answer = result_of(client, post(client, [image]))
+    for key in redis_client.scan_iter(CACHE_PREFIX + "*"):
+        redis_client.delete(key)
+    from_l2 = post(client, [image])
+    assert from_l2.status_code == 200
+    assert from_l2.headers["x-cache"] == "HIT-L2"
+    assert from_l2.json()["result"] == answer["result"]
+    assert post(client, [image]).headers["x-cache"] == "HIT-L1"
+
+
+def test_cache_off_always_reaches_the_engine(
+        client: TestClient, worker_factory: Callable[..., ThreadWorker], image_factory: Callable[..., bytes],
+        redis_client: Redis) -> None:
+    worker_factory()
+    image = image_factory((5, 5, 5))
+    result_of(client, post(client, [image]))
+    fresh = post(client, [image], cache="off")
+    assert fresh.headers["x-cache"] == "MISS"
+    result_of(client, fresh)
+    assert int(redis_client.get(ENGINE_CALLS)) == 2
+
+
+def test_ten_concurrent_identical_posts_make_one_engine_call(
+        client: TestClient, worker_factory: Callable[..., ThreadWorker], image_factory: Callable[..., bytes],
+        redis_client: Redis) -> None:
+    worker_factory(InstantEngine(delay_s=0.5))
+    image = image_factory((77, 88, 99))
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(lambda _: post(client, [image]), range(10)))
+    assert sorted(r.headers["x-cache"] for r in responses).count("MISS") == 1
+    assert {r.headers["x-cache"] for r in responses} <= {"MISS", "COALESCED", "HIT-L1"}
+    answers = [result_of(client, r)["result"] for r in responses if r.status_code == 202]
+    assert len({a["text"] for a in answers}) == 1
+    assert int(redis_client.get(ENGINE_CALLS)) == 1
+    assert len({r.json()["request_id"] for r in responses}) == 10
+
+
+class FailingEngine(InstantEngine):
+    """Test double whose every call fails like an over-long prompt."""
+
+    async def generate(self, request: EngineRequest):
+        self.calls += 1
+        raise EngineError(ErrorCode.PROMPT_TOO_LONG, "the prompt is longer than the model accepts")
+
+
+def test_failures_are_reported_and_not_cached(
+        client: TestClient, worker_factory: Callable[..., ThreadWorker], image_factory: Callable[..., bytes]) -> None:
+    engine = FailingEngine()
+    worker_factory(engine)
+    image = image_factory((1, 1, 1))
+    failed = result_of(client, post(client, [image]))
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "prompt_too_long"
+    again = post(client, [image])
+    assert again.status_code == 202
+    assert again.headers["x-cache"] == "MISS"
+    result_of(client, again)
+    assert engine.calls == 2
