@@ -53,10 +53,10 @@ def _redis_binary() -> str:
 def _start(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     logs = STATE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps writing to it
-    # Our own fixed command lines: no shell, nothing from outside.
-    return subprocess.Popen(args, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},  # noqa: S603
-                            stdout=log, stderr=subprocess.STDOUT)
+    with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        # Our own fixed command lines: no shell, nothing from outside.
+        return subprocess.Popen(args, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},  # noqa: S603
+                                stdout=log, stderr=subprocess.STDOUT)
 
 
 def _sample_image() -> Path:

@@ -131,10 +131,10 @@ class ProcessGroup:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 - lives with the child
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        with open(self.logdir / f"{name}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own copy
+            proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=log,
+                                    stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
 

@@ -12,6 +12,7 @@ never loads vllm or torch.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -75,8 +76,8 @@ class InstantEngine:
         self.calls += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        sizes = ",".join(str(len(image)) for image in request.images)
-        text = f"instant-engine prompt={request.prompt[:32]!r} images={sizes}"
+        digests = ",".join(hashlib.sha256(image).hexdigest()[:12] for image in request.images)
+        text = f"instant-engine prompt={request.prompt[:32]!r} images={digests}"
         return EngineOutput(text=text, prompt_tokens=len(request.prompt), completion_tokens=1,
                             finish_reason="stop")
 

@@ -1,0 +1,105 @@
+"""Faults that really kill processes: a worker SIGKILLed or SIGTERMed with jobs in flight, Redis down."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+from rq.registry import StartedJobRegistry
+
+from tests.conftest import ProcessGroup
+from tests.gateway.conftest import MODEL
+from tests.gateway.test_request_path import post
+from worker.constants import QUEUE_NAME
+
+
+def start_worker(processes: ProcessGroup, redis_url: str, delay_s: float, max_inflight: int = 8):
+    env = {"VLQ_WORKER_REDIS_URL": redis_url, "VLQ_WORKER_MODEL": MODEL, "VLQ_WORKER_ENGINE": "instant",
+           "VLQ_WORKER_INSTANT_DELAY_S": str(delay_s), "VLQ_WORKER_HEARTBEAT_TTL_S": "5",
+           "VLQ_WORKER_HEARTBEAT_INTERVAL_S": "0.5", "VLQ_WORKER_METRICS_PORT": "0",
+           "VLQ_WORKER_MAX_INFLIGHT": str(max_inflight)}
+    return processes.start("worker", ["-m", "worker"], env)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def submit_distinct(client: TestClient, image_factory: Callable[..., bytes], count: int) -> list[str]:
+    urls = []
+    for n in range(count):
+        response = post(client, [image_factory((n, 2 * n, 3))])
+        assert response.status_code == 202, response.text
+        urls.append(response.json()["result_url"])
+    return urls
+
+
+def started_count(redis_client: Redis) -> int:
+    return StartedJobRegistry(QUEUE_NAME, connection=redis_client).get_job_count(cleanup=False)
+
+
+def test_sigkilled_workers_jobs_finish_on_a_restarted_worker(
+        client_factory: Callable[..., TestClient], processes: ProcessGroup, redis_url: str,
+        redis_client: Redis, image_factory: Callable[..., bytes]) -> None:
+    client = client_factory(stale_after_s=5, job_retries=2)
+    worker = start_worker(processes, redis_url, delay_s=30)
+    urls = submit_distinct(client, image_factory, 6)
+    wait_until(lambda: started_count(redis_client) == 6, 20, "six jobs in flight")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert client.get(urls[0]).json()["status"] == "running"  # nobody finished it yet
+    start_worker(processes, redis_url, delay_s=0.05)
+    results = [client.get(url + "&wait=10").json() for url in urls]
+    assert [r["status"] for r in results] == ["done"] * 6, results
+    assert len({r["result"]["text"] for r in results}) == 6
+    assert started_count(redis_client) == 0
+
+
+def test_sigkilled_job_without_retries_fails_cleanly_with_no_worker_alive(
+        client_factory: Callable[..., TestClient], processes: ProcessGroup, redis_url: str,
+        redis_client: Redis, image_factory: Callable[..., bytes]) -> None:
+    client = client_factory(stale_after_s=5, job_retries=0)
+    worker = start_worker(processes, redis_url, delay_s=30)
+    urls = submit_distinct(client, image_factory, 3)
+    wait_until(lambda: started_count(redis_client) == 3, 20, "three jobs in flight")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    results = [client.get(url + "&wait=10").json() for url in urls]
+    assert [r["status"] for r in results] == ["failed"] * 3, results
+    assert {r["error"]["code"] for r in results} == {"worker_lost"}
+    assert started_count(redis_client) == 0
+
+
+def test_sigterm_drains_in_flight_jobs_and_takes_nothing_new(
+        client_factory: Callable[..., TestClient], processes: ProcessGroup, redis_url: str,
+        redis_client: Redis, image_factory: Callable[..., bytes]) -> None:
+    client = client_factory()
+    worker = start_worker(processes, redis_url, delay_s=2, max_inflight=2)
+    urls = submit_distinct(client, image_factory, 4)
+    wait_until(lambda: started_count(redis_client) == 2, 20, "two jobs in flight")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0, processes.log_of(worker)
+    statuses = [client.get(url).json()["status"] for url in urls]
+    assert statuses[:2] == ["done", "done"]
+    assert statuses[2:] == ["queued", "queued"]
+
+
+def test_redis_down_is_a_quick_503_never_a_500(
+        client_factory: Callable[..., TestClient], image_factory: Callable[..., bytes]) -> None:
+    client = client_factory(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.5)
+    started = time.monotonic()
+    submitted = post(client, [image_factory((3, 3, 3))])
+    polled = client.get("/api/result?request_id=" + "b" * 22)
+    ready = client.get("/readyz")
+    assert time.monotonic() - started < 5
+    for response in (submitted, polled, ready):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "backend_unavailable"
