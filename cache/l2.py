@@ -103,13 +103,15 @@ class L2Cache:
         self._db.execute("DELETE FROM entries WHERE expires_at <= ?", (now,))
         target = int(self._max_bytes * 0.9)
         self._total = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
-        while self._total > target:
-            rows = self._db.execute(
-                "DELETE FROM entries WHERE key IN (SELECT key FROM entries ORDER BY last_used LIMIT 64) "
-                "RETURNING size").fetchall()
-            if not rows:
+        excess = self._total - target
+        victims: list[str] = []
+        for key, size in self._db.execute("SELECT key, size FROM entries ORDER BY last_used"):
+            if excess <= 0:
                 break
-            self._total -= sum(int(r[0]) for r in rows)
+            victims.append(key)
+            excess -= int(size)
+        for key in victims:
+            self._delete(key)
 
     def close(self) -> None:
         with self._lock:
