@@ -61,10 +61,10 @@ class Keyring:
 def _entries(raw: dict[str, object]) -> list[tuple[bytes, str]]:
     entries = []
     for tenant, hashes in raw.items():
-        if not _TENANT.match(tenant) or not isinstance(hashes, list):
+        if not _TENANT.fullmatch(tenant) or not isinstance(hashes, list):
             raise KeyFileError(f"bad tenant entry {tenant!r}: names are [A-Za-z0-9_-], values lists")
         for value in hashes:
-            match = _HASH.match(str(value))
+            match = _HASH.fullmatch(str(value))
             if match is None:
                 raise KeyFileError(f"tenant {tenant!r}: key hashes look like 'sha256:<64 hex>'")
             entries.append((bytes.fromhex(match.group(1)), tenant))

@@ -11,6 +11,7 @@ from rq.queue import Queue
 from cache.l2 import L2Cache
 from gateway.config import GatewaySettings
 from gateway.images import ImageLimits
+from gateway.limits import WorkerPresence
 from gateway.waiter import ResultWaiter
 from worker.rqjobs import open_queue
 
@@ -25,6 +26,7 @@ class Backend:
     queue: Queue
     l2: L2Cache
     waiter: ResultWaiter
+    presence: WorkerPresence
 
     @property
     def image_limits(self) -> ImageLimits:
@@ -39,4 +41,4 @@ def connect(settings: GatewaySettings) -> Backend:
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
     return Backend(settings=settings, aredis=aredis, redis=redis, queue=open_queue(redis),
                    l2=L2Cache(settings.l2_path, settings.l2_ttl_s, settings.l2_max_bytes),
-                   waiter=ResultWaiter(settings.redis_url))
+                   waiter=ResultWaiter(settings.redis_url), presence=WorkerPresence())

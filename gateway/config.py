@@ -27,6 +27,12 @@ class GatewaySettings(BaseSettings):
     auth_enabled: bool = True
     api_keys_file: Path | None = None
 
+    # Per-tenant limits, held in Redis so they hold across gateway replicas (0 = unlimited).
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+    tenant_max_inflight: int = Field(default=0, ge=0)
+    # Refuse new work (503) while no worker is alive; leave off when workers scale to zero on demand.
+    require_live_worker: bool = False
+
     # Input limits: a request outside them gets a 4xx and nothing is written to Redis.
     max_images: int = Field(default=4, ge=1, le=64)
     max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

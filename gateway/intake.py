@@ -14,16 +14,19 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway.config import GatewaySettings
-from gateway.errors import BadRequestError, UnprocessableError, UnsupportedMediaError
+from gateway.errors import BadRequestError, PayloadTooLargeError, UnprocessableError, UnsupportedMediaError
 from worker.contract import CacheMode, SamplingParams
 
 _DATA_URL = re.compile(r"^data:(image/[a-z0-9.+-]+);base64,(.*)$", re.DOTALL)
 M = TypeVar("M", bound=BaseModel)
 _FIELDS = frozenset({"prompt", "temperature", "top_p", "max_tokens", "seed", "cache", "deadline_s"})
+# Validation error types that mean "no prompt"; any other prompt error (NUL, not a string) is invalid_parameter.
+_NO_PROMPT = frozenset({"missing", "string_too_short", "prompt_empty"})
 
 
 class InferParams(BaseModel):
@@ -43,7 +46,7 @@ class InferParams(BaseModel):
     @classmethod
     def _printable(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("the prompt is empty")
+            raise PydanticCustomError("prompt_empty", "the prompt is empty")
         if "\x00" in value:
             raise ValueError("the prompt contains a NUL character")
         return value
@@ -142,9 +145,10 @@ async def _read_upload(name: str, upload: UploadFile, settings: GatewaySettings)
 
 
 async def _from_json(request: Request, settings: GatewaySettings) -> tuple[InferParams, list[bytes]]:
+    # ValueError covers bad syntax, bad UTF-8 and over-long integers; RecursionError, deep nesting.
     try:
         raw = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise BadRequestError("invalid_json", "the body is not valid JSON", None) from exc
     if not isinstance(raw, dict):
         raise BadRequestError("invalid_json", "the body must be a JSON object", None)
@@ -162,8 +166,8 @@ def _decode_data_url(url: str, index: int, settings: GatewaySettings) -> bytes:
         raise UnprocessableError("invalid_image_url", "images must be base64 data URLs (data:image/...;base64,...)",
                                  param)
     if len(match.group(2)) > (settings.max_image_bytes * 4) // 3 + 8:
-        raise UnprocessableError("image_too_large", f"the image is larger than {settings.max_image_bytes} bytes",
-                                 param)
+        raise PayloadTooLargeError("image_too_large", f"the image is larger than {settings.max_image_bytes} bytes",
+                                   param)
     try:
         return base64.b64decode(match.group(2), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -176,5 +180,5 @@ def _params(model: type[M], fields: dict[str, Any]) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
-        code = "prompt_empty" if param == "prompt" else "invalid_parameter"
+        code = "prompt_empty" if param == "prompt" and first["type"] in _NO_PROMPT else "invalid_parameter"
         raise UnprocessableError(code, str(first["msg"]), param) from exc

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from rq.job import Job
+from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
 
 from cache.codec import as_text
 from gateway.backend import Backend
 from gateway.errors import GoneError, NotFoundError
-from worker.completion import result_key
-from worker.constants import REQUEST_PREFIX
-from worker.contract import CacheMode, ErrorCode, JobError, JobResult, JobState
+from worker.completion import Ending, publish_result, record_in_rq, result_key
+from worker.constants import CANCEL_PREFIX, JOB_REFS_PREFIX, REQUEST_PREFIX
+from worker.contract import CacheMode, ErrorCode, InferJob, JobError, JobResult, JobState
 
 _QUEUED = {b"queued", b"scheduled", b"deferred", b"created"}
 
@@ -45,6 +46,8 @@ async def view(backend: Backend, request_id: str, tenant: str) -> View:
     if b"result" in record:
         result = JobResult.model_validate_json(record[b"result"])
         return View(request_id, result.state, result, x_cache=as_text(record.get(b"x_cache")))
+    if b"canceled" in record:
+        return _ended(request_id, JobState.CANCELED, ErrorCode.CANCELED, "the request was canceled")
     job_id = as_text(record.get(b"job_id"))
     async with backend.aredis.pipeline(transaction=False) as pipe:
         pipe.get(result_key(job_id))
@@ -54,7 +57,46 @@ async def view(backend: Backend, request_id: str, tenant: str) -> View:
         result = JobResult.model_validate_json(raw)
         await _fill_l2(backend, request_id, record, raw, result)
         return View(request_id, result.state, result, x_cache="MISS")
-    return await _pending(backend, request_id, job_id, status)
+    current = await _pending(backend, request_id, job_id, status)
+    deadline = float(as_text(record.get(b"deadline_at")) or "inf")
+    if current.state is JobState.QUEUED and time.time() > deadline:
+        # The worker that pops it will end it expired; the client need not wait for that.
+        return _ended(request_id, JobState.EXPIRED, ErrorCode.DEADLINE_EXCEEDED,
+                      "the request's deadline passed before a worker could start it")
+    return current
+
+
+def _ended(request_id: str, state: JobState, code: ErrorCode, message: str) -> View:
+    result = JobResult(state=state, error=JobError(code=code, message=message), finished_at=time.time())
+    return View(request_id, state, result)
+
+
+async def cancel(backend: Backend, request_id: str, tenant: str) -> View:
+    """Cancel a request. Its job stops (dequeued, or aborted in the engine) once no request needs it."""
+    current = await view(backend, request_id, tenant)
+    if current.state.is_final:
+        return current
+    job_id = as_text(await backend.aredis.hget(REQUEST_PREFIX + request_id, "job_id"))
+    async with backend.aredis.pipeline(transaction=True) as pipe:
+        pipe.hset(REQUEST_PREFIX + request_id, "canceled", 1)
+        pipe.decr(JOB_REFS_PREFIX + job_id)
+        _, refs = await pipe.execute()
+    if int(refs) <= 0:
+        await run_in_threadpool(_stop_job, backend, job_id)
+    return await view(backend, request_id, tenant)
+
+
+def _stop_job(backend: Backend, job_id: str) -> None:
+    redis = backend.redis
+    redis.set(CANCEL_PREFIX + job_id, 1, ex=backend.settings.request_ttl_s)
+    if not redis.lrem(backend.queue.key, 1, job_id):
+        return  # already running: the worker sees the flag and aborts the generation
+    job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    payload = InferJob.model_validate(job.kwargs.get("job"))
+    result = JobResult(state=JobState.CANCELED, finished_at=time.time(), model=payload.model,
+                       error=JobError(code=ErrorCode.CANCELED, message="the request was canceled"))
+    publish_result(redis, Ending(job_id=job_id, result=result, payload=payload))
+    record_in_rq(redis, job, None, result, "gateway")
 
 
 async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: float) -> View:

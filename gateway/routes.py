@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway import metrics
 from gateway.deps import BackendDep, TenantDep
 from gateway.errors import BadRequestError, UnavailableError
 from gateway.intake import read_submission
-from gateway.results import View, view, wait_for_end
-from gateway.submit import Accepted, Answered, submit
+from gateway.limits import check_rate
+from gateway.results import View, cancel, view, wait_for_end
+from gateway.submit import Accepted, Answered, Replayed, idempotency_key, submit
 from worker.contract import JobResult, JobState
 
 router = APIRouter()
@@ -45,17 +46,28 @@ _INFER_BODY: dict[str, Any] = {
 
 @router.post("/api/infer", status_code=202, openapi_extra=_INFER_BODY,
              responses={200: {"description": "Answered from cache"}, 202: {"description": "Queued"}})
-async def infer(request: Request, backend: BackendDep, tenant: TenantDep) -> JSONResponse:
+async def infer(request: Request, backend: BackendDep, tenant: TenantDep,
+                idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
     """Submit a question about one or more images.
 
     Answers 202 with a ``request_id`` to poll (``X-Cache: MISS``, or ``COALESCED`` when an identical
     request is already queued or running), or 200 with the result when the answer is cached
     (``X-Cache: HIT-L1`` or ``HIT-L2``). ``cache=near`` also accepts answers for near-identical images.
+    A retried POST with the same ``Idempotency-Key`` returns the request the first one created.
     """
+    idem_key = _idempotency(idempotency_key, tenant)
+    await check_rate(backend.aredis, tenant, backend.settings.rate_limit_per_minute)
+    if backend.settings.require_live_worker:
+        await backend.presence.require(backend.aredis)
     submission = await read_submission(request, backend.settings)
-    outcome = await submit(backend, submission, tenant)
+    outcome = await submit(backend, submission, tenant, idem_key)
+    if isinstance(outcome, Replayed):
+        replay = _view_response(await view(backend, outcome.request_id, tenant))
+        replay.headers["X-Cache"] = outcome.x_cache
+        return replay
     request.state.log.update({"request": outcome.request_id, "x_cache": outcome.x_cache,
-                              "image_bytes": [len(image) for image in submission.images]})
+                              "image_bytes": [len(image) for image in submission.images],
+                              "prompt_chars": len(submission.params.prompt)})
     headers = {"X-Cache": outcome.x_cache}
     if isinstance(outcome, Answered):
         if outcome.near_match:
@@ -63,6 +75,15 @@ async def infer(request: Request, backend: BackendDep, tenant: TenantDep) -> JSO
         body = _final_body(outcome.request_id, outcome.result, cached=True)
         return JSONResponse(body, status_code=200, headers=headers)
     return _accepted(outcome, headers)
+
+
+def _idempotency(header: str | None, tenant: str) -> str | None:
+    if header is None:
+        return None
+    if not 1 <= len(header) <= 255 or not header.isascii() or not header.isprintable():
+        raise BadRequestError("invalid_idempotency_key", "Idempotency-Key is 1-255 printable ASCII characters",
+                              "Idempotency-Key")
+    return idempotency_key(tenant, header)
 
 
 def _accepted(outcome: Accepted, headers: dict[str, str]) -> JSONResponse:
@@ -90,8 +111,17 @@ async def get_result(request: Request, backend: BackendDep, tenant: TenantDep, r
     return _view_response(current)
 
 
+@router.delete("/api/result", responses={404: {"description": "Unknown request id"}})
+async def cancel_result(request: Request, backend: BackendDep, tenant: TenantDep, request_id: str) -> JSONResponse:
+    """Cancel a request: a queued job is dequeued, a running one aborted in the engine (once no other
+    identical request shares it). A request that already ended is returned as it is."""
+    _check_request_id(request_id)
+    request.state.log["request"] = request_id
+    return _view_response(await cancel(backend, request_id, tenant))
+
+
 def _check_request_id(request_id: str) -> None:
-    if not _REQUEST_ID.match(request_id):
+    if not _REQUEST_ID.fullmatch(request_id):
         raise BadRequestError("invalid_request_id", "request_id is 16-64 characters of [A-Za-z0-9_-]",
                               "request_id")
 

@@ -12,6 +12,7 @@ Order matters for cost and for safety:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -29,10 +30,20 @@ from cache.codec import as_bytes, as_text
 from cache.keys import cache_key, image_digest, near_bucket
 from gateway import metrics
 from gateway.backend import Backend
-from gateway.errors import UnavailableError
+from gateway.errors import TooManyRequestsError, UnavailableError
 from gateway.images import ImageInfo, inspect, sniff
 from gateway.intake import Submission
-from worker.constants import CACHE_PREFIX, IMAGE_PREFIX, INFER_FUNC, INFLIGHT_PREFIX, NEAR_PREFIX, REQUEST_PREFIX
+from worker.constants import (
+    CACHE_PREFIX,
+    IDEMPOTENCY_PREFIX,
+    IMAGE_PREFIX,
+    INFER_FUNC,
+    INFLIGHT_PREFIX,
+    JOB_REFS_PREFIX,
+    NEAR_PREFIX,
+    REQUEST_PREFIX,
+    TENANT_INFLIGHT_PREFIX,
+)
 from worker.contract import CacheMode, ImageRef, InferJob, JobResult
 
 _PENDING_RQ_STATES = (b"queued", b"started", b"scheduled", b"deferred")
@@ -58,6 +69,14 @@ class Accepted:
 
 
 @dataclass(frozen=True)
+class Replayed:
+    """An ``Idempotency-Key`` seen before: the request it created."""
+
+    request_id: str
+    x_cache: str = "IDEMPOTENT"
+
+
+@dataclass(frozen=True)
 class _Plan:
     request_id: str
     tenant: str
@@ -65,6 +84,12 @@ class _Plan:
     digests: list[str]
     submission: Submission
     bucket: str | None
+    idem_key: str | None
+
+
+def idempotency_key(tenant: str, header: str) -> str:
+    """Redis key of a client's Idempotency-Key, scoped to its tenant and hashed (keys are arbitrary text)."""
+    return f"{IDEMPOTENCY_PREFIX}{tenant}:{hashlib.sha256(header.encode()).hexdigest()}"
 
 
 def new_request_id() -> str:
@@ -72,13 +97,16 @@ def new_request_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-async def submit(backend: Backend, submission: Submission, tenant: str) -> Answered | Accepted:
+async def submit(backend: Backend, submission: Submission, tenant: str,
+                 idem_key: str | None = None) -> Answered | Accepted | Replayed:
     """Answer from cache, attach to an identical job in flight, or enqueue a new job."""
+    if idem_key is not None and (seen := await backend.aredis.get(idem_key)) is not None:
+        return Replayed(request_id=as_text(seen))
     limits = backend.image_limits
     for index, data in enumerate(submission.images):
         sniff(data, limits, _param(index))
     digests = await run_in_threadpool(lambda: [image_digest(data) for data in submission.images])
-    plan = _plan(backend, submission, tenant, digests)
+    plan = _plan(backend, submission, tenant, digests, idem_key)
     mode = submission.params.cache
     if mode is not CacheMode.OFF:
         hit = await _lookup_exact(backend, plan)
@@ -97,7 +125,8 @@ def _param(index: int) -> str:
     return f"image[{index}]"
 
 
-def _plan(backend: Backend, submission: Submission, tenant: str, digests: list[str]) -> _Plan:
+def _plan(backend: Backend, submission: Submission, tenant: str, digests: list[str],
+          idem_key: str | None) -> _Plan:
     settings = backend.settings
     scope = "shared" if settings.shared_cache else f"tenant:{tenant}"
     common = {"scope": scope, "model": settings.model, "prompt": submission.params.prompt,
@@ -105,7 +134,7 @@ def _plan(backend: Backend, submission: Submission, tenant: str, digests: list[s
     key = cache_key(image_digests=digests, **common)  # type: ignore[arg-type]
     bucket = near_bucket(image_count=len(digests), **common)  # type: ignore[arg-type]
     return _Plan(request_id=new_request_id(), tenant=tenant, key=key, digests=digests,
-                 submission=submission, bucket=bucket)
+                 submission=submission, bucket=bucket, idem_key=idem_key)
 
 
 def _inspect_all(images: list[bytes], backend: Backend) -> list[ImageInfo]:
@@ -150,6 +179,8 @@ async def _answer(backend: Backend, plan: _Plan, raw: bytes, tier: str, near_mat
     async with backend.aredis.pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping=record)
         pipe.expire(key, backend.settings.result_ttl_s)
+        if plan.idem_key is not None:
+            pipe.set(plan.idem_key, plan.request_id, nx=True, ex=backend.settings.result_ttl_s)
         await pipe.execute()
     metrics.CACHE_HITS.labels(tier="near" if near_match else tier.removeprefix("HIT-").lower()).inc()
     return Answered(request_id=plan.request_id, result=result, x_cache=tier, near_match=near_match)
@@ -162,27 +193,51 @@ async def _check_backlog(backend: Backend) -> None:
         raise UnavailableError("backlog_full", "the queue is full; retry later", None, {"Retry-After": "5"})
 
 
-def _enqueue_or_attach(backend: Backend, plan: _Plan, infos: list[ImageInfo]) -> Accepted | Answered:
-    """One optimistic transaction (WATCH/MULTI): attach, or store everything and enqueue. Blocking."""
+def _enqueue_or_attach(backend: Backend, plan: _Plan, infos: list[ImageInfo]) -> Accepted | Replayed:
+    """One optimistic transaction (WATCH/MULTI): attach, or store everything and enqueue. Blocking.
+
+    Watching the in-flight marker, the idempotency key and the tenant's in-flight set makes coalescing,
+    idempotency and the quota exact however many gateway replicas race.
+    """
     coalesce = plan.submission.params.cache is not CacheMode.OFF
     inflight_key = INFLIGHT_PREFIX + plan.key
+    watched = [k for k in (inflight_key if coalesce else None, plan.idem_key,
+                           TENANT_INFLIGHT_PREFIX + plan.tenant) if k]
     with backend.redis.pipeline() as pipe:
         while True:
             try:
-                if coalesce:
-                    pipe.watch(inflight_key)  # type: ignore[no-untyped-call]
-                    existing = _live_job(pipe, inflight_key)
-                    if existing is not None:
-                        pipe.multi()
-                        _record(pipe, backend, plan, existing)
-                        pipe.execute()
-                        metrics.COALESCED.inc()
-                        return Accepted(request_id=plan.request_id, job_id=existing, x_cache="COALESCED")
-                job_id = _enqueue(pipe, backend, plan, infos, coalesce)
-                metrics.CACHE_MISSES.inc()
-                return Accepted(request_id=plan.request_id, job_id=job_id, x_cache="MISS")
+                pipe.watch(*watched)  # type: ignore[no-untyped-call]
+                return _attach_or_enqueue(pipe, backend, plan, infos, coalesce)
             except WatchError:
                 continue
+
+
+def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, infos: list[ImageInfo],
+                       coalesce: bool) -> Accepted | Replayed:
+    if plan.idem_key is not None and (seen := pipe.get(plan.idem_key)) is not None:
+        pipe.reset()
+        return Replayed(request_id=as_text(seen))
+    existing = _live_job(pipe, INFLIGHT_PREFIX + plan.key) if coalesce else None
+    if existing is not None:
+        pipe.multi()
+        _record(pipe, backend, plan, existing)
+        pipe.incr(JOB_REFS_PREFIX + existing)
+        pipe.execute()
+        metrics.COALESCED.inc()
+        return Accepted(request_id=plan.request_id, job_id=existing, x_cache="COALESCED")
+    _check_quota(pipe, backend, plan.tenant)
+    job_id = _enqueue(pipe, backend, plan, infos, coalesce)
+    metrics.CACHE_MISSES.inc()
+    return Accepted(request_id=plan.request_id, job_id=job_id, x_cache="MISS")
+
+
+def _check_quota(pipe: Pipeline, backend: Backend, tenant: str) -> None:
+    limit = backend.settings.tenant_max_inflight
+    if limit and int(pipe.zcard(TENANT_INFLIGHT_PREFIX + tenant)) >= limit:
+        pipe.reset()
+        metrics.REFUSED.labels(reason="inflight_quota").inc()
+        raise TooManyRequestsError("inflight_quota", f"this tenant already has {limit} requests in flight",
+                                   None, {"Retry-After": "5"})
 
 
 def _live_job(pipe: Pipeline, inflight_key: str) -> str | None:
@@ -209,6 +264,11 @@ def _enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, infos: list[ImageInf
         else:
             pipe.set(IMAGE_PREFIX + digest, data, ex=settings.image_ttl_s)
     _record(pipe, backend, plan, job_id)
+    pipe.set(JOB_REFS_PREFIX + job_id, 1, ex=settings.request_ttl_s)
+    pipe.zadd(TENANT_INFLIGHT_PREFIX + plan.tenant, {job_id: time.time()})
+    pipe.expire(TENANT_INFLIGHT_PREFIX + plan.tenant, settings.request_ttl_s)
+    if plan.idem_key is not None:
+        pipe.set(plan.idem_key, plan.request_id, ex=settings.request_ttl_s)
     if coalesce:
         pipe.set(INFLIGHT_PREFIX + plan.key, job_id, ex=settings.request_ttl_s)
     backend.queue.enqueue_job(job, pipeline=pipe)
@@ -242,5 +302,7 @@ def _record(pipe: Pipeline, backend: Backend, plan: _Plan, job_id: str) -> None:
     mapping: dict[FieldT, EncodableT] = {
         "tenant": plan.tenant, "job_id": job_id, "created_at": time.time(), "cache_key": plan.key,
         "cache_mode": plan.submission.params.cache.value, "near_bucket": plan.bucket or ""}
+    if plan.submission.params.deadline_s:
+        mapping["deadline_at"] = time.time() + plan.submission.params.deadline_s
     pipe.hset(key, mapping=mapping)
     pipe.expire(key, backend.settings.request_ttl_s)

@@ -17,15 +17,24 @@ from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry
 from rq.utils import now
 
-from worker.constants import CACHE_PREFIX, EVENTS_CHANNEL, INFLIGHT_PREFIX, NEAR_PREFIX, RESULT_PREFIX
+from worker.constants import (
+    CACHE_PREFIX,
+    EVENTS_CHANNEL,
+    INFLIGHT_PREFIX,
+    NEAR_PREFIX,
+    RESULT_PREFIX,
+    TENANT_INFLIGHT_PREFIX,
+)
 from worker.contract import CacheMode, InferJob, JobResult, JobState
 
-# KEYS: result, inflight, cache, near.  ARGV: job id, result json, result ttl, cache json ('' = none),
-# cache ttl, near member ('' = none), now, events channel.  Returns 1 if this call wrote the result.
+# KEYS: result, inflight, cache, near, tenant in-flight set.
+# ARGV: job id, result json, result ttl, cache json ('' = none), cache ttl, near member ('' = none), now,
+# events channel.  Returns 1 if this call wrote the result.
 _FINISH_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+redis.call('ZREM', KEYS[5], ARGV[1])
 if ARGV[4] ~= '' then
   redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
   if ARGV[6] ~= '' then
@@ -64,7 +73,8 @@ def publish_result(redis: Redis, ending: Ending, default_ttl_s: int = 3600) -> b
     if cacheable and payload is not None and payload.near_bucket and ending.phashes:
         near_member = json.dumps({"k": cache_key, "p": ending.phashes}, separators=(",", ":"))
     keys = [result_key(ending.job_id), INFLIGHT_PREFIX + cache_key, CACHE_PREFIX + cache_key,
-            NEAR_PREFIX + (payload.near_bucket or "") if payload else NEAR_PREFIX]
+            NEAR_PREFIX + (payload.near_bucket or "") if payload else NEAR_PREFIX,
+            TENANT_INFLIGHT_PREFIX + (payload.tenant if payload else "")]
     args: list[str | int | float] = [ending.job_id, result_json, payload.result_ttl_s if payload else default_ttl_s,
             result_json if cacheable else "", payload.cache_ttl_s if payload else 1, near_member,
             time.time(), EVENTS_CHANNEL]

@@ -29,8 +29,10 @@ EVENTS_CHANNEL: Final = "vlq:events"
 IDEMPOTENCY_PREFIX: Final = "vlq:idem:"
 # Per-tenant fixed-window request counters (rate limit).
 RATE_PREFIX: Final = "vlq:rate:"
-# Per-tenant set of request ids still queued or running (in-flight quota).
+# Per-tenant sorted set of job ids still queued or running (in-flight quota), scored by enqueue time.
 TENANT_INFLIGHT_PREFIX: Final = "vlq:tenant-inflight:"
+# Number of requests attached to a job (coalescing); a cancel only stops the job when it reaches zero.
+JOB_REFS_PREFIX: Final = "vlq:job-refs:"
 # Cancel flag for a job; the worker polls it to abort a running generation.
 CANCEL_PREFIX: Final = "vlq:cancel:"
 # Lock so that one janitor at a time sweeps, however many gateway replicas run.

@@ -143,6 +143,9 @@ class Runner:
             payload = InferJob.model_validate(job.kwargs.get("job"))
         except (ValidationError, TypeError):
             return _failed(job.id, None, ErrorCode.BAD_JOB, "job payload does not match the contract", started)
+        if await asyncio.to_thread(self.redis.exists, CANCEL_PREFIX + job.id):
+            return _ended(job.id, payload, JobState.CANCELED, ErrorCode.CANCELED, "the request was canceled",
+                          started)
         refusal = self._refuse(payload, job.id, started)
         if refusal is not None:
             return refusal
@@ -182,6 +185,9 @@ class Runner:
             await self.engine.abort(request.request_id)
             return _failed(claimed.job.id, payload, ErrorCode.TIMEOUT, "the job ran past its timeout", started)
         except EngineError as exc:
+            if await asyncio.to_thread(self.redis.exists, CANCEL_PREFIX + claimed.job.id):
+                return _ended(claimed.job.id, payload, JobState.CANCELED, ErrorCode.CANCELED,
+                              "the request was canceled", started)
             return _failed(claimed.job.id, payload, exc.code, exc.message, started)
         finally:
             metrics.JOBS_INFLIGHT.dec()
