@@ -132,3 +132,5 @@ class JobResult(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     model: str | None = None
     finished_at: float
+    # pHashes of the request's images, kept beside a cached answer for near-duplicate lookups.
+    phashes: list[str] | None = None
