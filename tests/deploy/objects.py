@@ -1,0 +1,52 @@
+"""Small readers over rendered Kubernetes objects, shared by the deploy tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Obj = dict[str, Any]
+
+
+def find(docs: list[Obj], kind: str, name_suffix: str = "") -> Obj:
+    """The one object of ``kind`` whose name ends with ``name_suffix``."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, f"expected one {kind} *{name_suffix}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def find_all(docs: list[Obj], kind: str) -> list[Obj]:
+    """Every object of ``kind``."""
+    return [d for d in docs if d["kind"] == kind]
+
+
+def kinds(docs: list[Obj]) -> set[str]:
+    """The kinds present in a render."""
+    return {d["kind"] for d in docs}
+
+
+def pod_spec(workload: Obj) -> Obj:
+    """The pod spec of a Deployment/StatefulSet, or the spec of a Pod."""
+    spec: Obj = workload["spec"]["template"]["spec"] if workload["kind"] != "Pod" else workload["spec"]
+    return spec
+
+
+def container(workload: Obj, name: str) -> Obj:
+    """The container called ``name``."""
+    found: list[Obj] = [c for c in pod_spec(workload)["containers"] if c["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def env_list(workload: Obj, name: str) -> list[Obj]:
+    """The env entries of a container, in order."""
+    return list(container(workload, name).get("env", []))
+
+
+def env_values(workload: Obj, name: str) -> dict[str, str]:
+    """Literal env values of a container (entries with valueFrom are left out)."""
+    return {e["name"]: e["value"] for e in env_list(workload, name) if "value" in e}
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Whether matchLabels ``selector`` selects ``labels``."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())

@@ -1,0 +1,70 @@
+"""Value sets the chart is rendered with in the deploy tests: one per feature switch that changes objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INGRESS: dict[str, Any] = {
+    "gateway": {"ingress": {
+        "enabled": True,
+        "className": "nginx",
+        "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+        "hosts": [{"host": "vlq.example.org", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+        "tls": [{"secretName": "vlq-tls", "hosts": ["vlq.example.org"]}],
+    }},
+}
+
+EXTERNAL_REDIS: dict[str, Any] = {
+    "redis": {"enabled": False},
+    "externalRedis": {"host": "redis.example.internal", "port": 6380, "db": 2, "tls": True,
+                      "existingSecret": "shared-redis", "existingSecretPasswordKey": "password"},
+}
+
+MONITORING: dict[str, Any] = {
+    "monitoring": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "dashboard": {"enabled": True, "annotations": {"grafana_folder": "vlq"}},
+    },
+}
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "ingress": INGRESS,
+    "keda-prometheus": {"autoscaling": {"mode": "keda", "minReplicas": 1, "maxReplicas": 8}},
+    "keda-redis": {"autoscaling": {"mode": "keda", "keda": {"trigger": "redis"}}},
+    "keda-scale-to-zero": {"autoscaling": {"mode": "keda", "scaleToZero": True}},
+    "hpa": {"autoscaling": {"mode": "hpa", "minReplicas": 2, "maxReplicas": 6}},
+    "external-redis": {**EXTERNAL_REDIS, "autoscaling": {"mode": "keda", "keda": {"trigger": "redis"}}},
+    "external-redis-no-auth": {"redis": {"enabled": False}, "externalRedis": {"host": "10.0.0.5"}},
+    "external-redis-password": {"redis": {"enabled": False},
+                                "externalRedis": {"host": "redis.example.internal", "password": "s3cret"}},
+    "monitoring": MONITORING,
+    "host-path-cache": {"worker": {"modelCache": {"type": "hostPath"}}},
+    "ephemeral": {
+        "worker": {"modelCache": {"type": "emptyDir"}, "hfToken": {"existingSecret": "hf"},
+                   "extraEnv": [{"name": "HF_HUB_OFFLINE", "value": "1"}]},
+        "redis": {"persistence": {"enabled": False}, "networkPolicy": {"enabled": False}},
+        "gateway": {"pdb": {"enabled": False}},
+    },
+    "everything": {
+        **INGRESS, **MONITORING,
+        "fullnameOverride": "vlq-prod",
+        "commonLabels": {"team": "ml"},
+        "imagePullSecrets": ["registry"],
+        "model": {"name": "Qwen/Qwen3-VL-8B-Instruct"},
+        "jobTimeoutSeconds": 1200,
+        "autoscaling": {"mode": "hpa", "minReplicas": 2, "maxReplicas": 10, "targetUtilization": 0.75},
+        "worker": {
+            "maxInflight": 12,
+            "runtimeClassName": "nvidia",
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}]}}},
+            "modelCache": {"pvc": {"existingClaim": "models"}},
+            "engine": {"dtype": "bfloat16", "maxModelLen": 16384, "gpuMemoryUtilization": 0.8},
+        },
+        "redis": {"auth": {"password": "fixed-password"}, "networkPolicy": {"extraFrom": [
+            {"podSelector": {"matchLabels": {"app": "redis-exporter"}}}]}},
+    },
+}
