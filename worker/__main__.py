@@ -52,12 +52,27 @@ async def _keep_registered(rq_worker: Worker, interval_s: float, ttl_s: int) -> 
 async def serve(settings: WorkerSettings) -> None:
     """Load the engine, register with RQ, run jobs until SIGTERM/SIGINT, drain, unregister."""
     name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
+    health = metrics.Health()
+    server = metrics.serve(settings.metrics_port, health) if settings.metrics_port else None
     redis = Redis.from_url(settings.redis_url, health_check_interval=30)
-    ready = False
-    server = metrics.serve(settings.metrics_port, lambda: ready) if settings.metrics_port else None
-    started = time.monotonic()
-    engine, gpu_memory = await build_engine(settings)
-    log.info("engine %s ready in %.1f s", settings.engine, time.monotonic() - started)
+    try:
+        started = time.monotonic()
+        engine, health.gpu_memory = await build_engine(settings)
+        log.info("engine %s ready in %.1f s", settings.engine, time.monotonic() - started)
+        try:
+            await _run_jobs(settings, engine, redis, name, health)
+        finally:
+            engine.shutdown()
+    finally:
+        redis.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    log.info("worker %s stopped", name)
+
+
+async def _run_jobs(settings: WorkerSettings, engine: Engine, redis: Redis, name: str,
+                    health: metrics.Health) -> None:
     runner = Runner(settings, engine, redis, name)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -66,20 +81,14 @@ async def serve(settings: WorkerSettings) -> None:
     await asyncio.to_thread(rq_worker.register_birth)
     beat = asyncio.create_task(_keep_registered(rq_worker, settings.heartbeat_interval_s,
                                                 settings.heartbeat_ttl_s))
-    ready = True
-    if server is not None and gpu_memory is not None:
-        server.shutdown()
-        server = metrics.serve(settings.metrics_port, lambda: ready, gpu_memory)
+    health.ready = True
     try:
         await runner.run()
     finally:
+        health.ready = False
         beat.cancel()
         with suppress(Exception):
             await asyncio.to_thread(rq_worker.register_death)
-        engine.shutdown()
-        if server is not None:
-            server.shutdown()
-    log.info("worker %s stopped", name)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -39,27 +40,37 @@ def observe_ending(result: JobResult) -> None:
         GENERATED_TOKENS.inc(result.result.usage.completion_tokens)
 
 
-def serve(port: int, ready: Callable[[], bool],
-          gpu_memory: Callable[[], tuple[int, int] | None] | None = None) -> ThreadingHTTPServer:
-    """Serve /healthz (200 once ``ready()``) and /metrics on ``port`` from a daemon thread."""
+@dataclass
+class Health:
+    """What /healthz and the GPU gauges read; the entry point fills it in as start-up proceeds."""
+
+    ready: bool = False
+    gpu_memory: Callable[[], tuple[int, int] | None] | None = None
+
+
+def serve(port: int, health: Health) -> ThreadingHTTPServer:
+    """Serve /healthz (200 once ``health.ready``) and /metrics on ``port`` from a daemon thread."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/healthz":
-                ok = ready()
+                ok = health.ready
                 self._reply(200 if ok else 503, b"ok\n" if ok else b"loading\n", "text/plain")
             elif self.path == "/metrics":
-                _update_gpu(gpu_memory)
+                _update_gpu(health.gpu_memory)
                 self._reply(200, generate_latest(), CONTENT_TYPE_LATEST)
             else:
                 self._reply(404, b"not found\n", "text/plain")
 
         def _reply(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the prober gave up waiting; nothing to tell it
 
         def log_message(self, format: str, *args: object) -> None:  # probes every few seconds: stay quiet
             return
