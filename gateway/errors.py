@@ -29,6 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway import metrics
+
 log = logging.getLogger("vlq.gateway")
 
 
@@ -106,6 +108,7 @@ def _request_id(request: Request) -> str | None:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    metrics.REFUSED.labels(reason=exc.code).inc()
     return envelope(exc.status, exc.type, exc.code, exc.message, exc.param, _request_id(request), exc.headers)
 
 
@@ -114,6 +117,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "header")]
     message = str(first.get("msg", "invalid request"))
+    metrics.REFUSED.labels(reason="invalid_parameter").inc()
     return envelope(422, "invalid_request_error", "invalid_parameter", message,
                     ".".join(location) or None, _request_id(request))
 

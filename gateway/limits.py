@@ -11,7 +11,6 @@ import time
 from redis.asyncio import Redis as AsyncRedis
 
 from cache.codec import as_text
-from gateway import metrics
 from gateway.errors import TooManyRequestsError, UnavailableError
 from worker.constants import QUEUE_NAME, RATE_PREFIX
 
@@ -32,7 +31,6 @@ async def check_rate(redis: AsyncRedis, tenant: str, per_minute: int) -> None:
         count, _ = await pipe.execute()
     if int(count) > per_minute:
         retry_after = max(1, math.ceil((window + 1) * _WINDOW_S - now))
-        metrics.REFUSED.labels(reason="rate_limited").inc()
         raise TooManyRequestsError("rate_limited", f"more than {per_minute} requests a minute for this tenant",
                                    None, {"Retry-After": str(retry_after)})
 
@@ -49,7 +47,6 @@ class WorkerPresence:
             self._alive = await _any_worker_alive(redis)
             self._checked_at = time.monotonic()
         if not self._alive:
-            metrics.REFUSED.labels(reason="no_worker").inc()
             raise UnavailableError("no_worker", "no worker is running; retry later", None, {"Retry-After": "10"})
 
 

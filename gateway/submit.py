@@ -189,7 +189,6 @@ async def _answer(backend: Backend, plan: _Plan, raw: bytes, tier: str, near_mat
 async def _check_backlog(backend: Backend) -> None:
     depth = await backend.aredis.llen(backend.queue.key)
     if depth >= backend.settings.max_queue_depth:
-        metrics.REFUSED.labels(reason="backlog_full").inc()
         raise UnavailableError("backlog_full", "the queue is full; retry later", None, {"Retry-After": "5"})
 
 
@@ -235,7 +234,6 @@ def _check_quota(pipe: Pipeline, backend: Backend, tenant: str) -> None:
     limit = backend.settings.tenant_max_inflight
     if limit and int(pipe.zcard(TENANT_INFLIGHT_PREFIX + tenant)) >= limit:
         pipe.reset()
-        metrics.REFUSED.labels(reason="inflight_quota").inc()
         raise TooManyRequestsError("inflight_quota", f"this tenant already has {limit} requests in flight",
                                    None, {"Retry-After": "5"})
 
