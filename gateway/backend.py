@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.asyncio import Redis as AsyncRedis
 from rq.queue import Queue
 
@@ -37,8 +40,12 @@ class Backend:
 def connect(settings: GatewaySettings) -> Backend:
     """Clients with short timeouts, so an unreachable Redis is a quick 503 and never a hang."""
     timeout = settings.redis_timeout_s
-    aredis = AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    # One immediate retry on a fresh connection: a pooled connection that died with a Redis restart is
+    # replaced transparently, while a Redis that is really down still fails fast (connection refused).
+    aredis = AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                 retry=AsyncRetry(NoBackoff(), 1))
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                           retry=Retry(NoBackoff(), 1))
     return Backend(settings=settings, aredis=aredis, redis=redis, queue=open_queue(redis),
                    l2=L2Cache(settings.l2_path, settings.l2_ttl_s, settings.l2_max_bytes),
                    waiter=ResultWaiter(settings.redis_url), presence=WorkerPresence())

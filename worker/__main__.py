@@ -18,6 +18,7 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
@@ -45,7 +46,10 @@ async def build_engine(settings: WorkerSettings) -> tuple[Engine, GpuReading | N
 async def _keep_registered(rq_worker: Worker, interval_s: float, ttl_s: int) -> None:
     # RQ lists live workers from their own heartbeat key; `rq info` shows this worker while it beats.
     while True:
-        await asyncio.to_thread(rq_worker.heartbeat, ttl_s)
+        try:
+            await asyncio.to_thread(rq_worker.heartbeat, ttl_s)
+        except RedisError as exc:
+            log.warning("worker heartbeat failed (%s); retrying", type(exc).__name__)
         await asyncio.sleep(interval_s)
 
 
@@ -71,14 +75,25 @@ async def serve(settings: WorkerSettings) -> None:
     log.info("worker %s stopped", name)
 
 
+async def _register(redis: Redis, name: str) -> Worker:
+    # Redis may come up after the worker (a pod restart order is not guaranteed): wait for it.
+    while True:
+        try:
+            rq_worker = Worker([open_queue(redis)], connection=redis, name=name, serializer=JSONSerializer)
+            await asyncio.to_thread(rq_worker.register_birth)
+            return rq_worker
+        except RedisError as exc:
+            log.warning("cannot reach Redis to register (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+
 async def _run_jobs(settings: WorkerSettings, engine: Engine, redis: Redis, name: str,
                     health: metrics.Health) -> None:
     runner = Runner(settings, engine, redis, name)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.request_stop)
-    rq_worker = Worker([open_queue(redis)], connection=redis, name=name, serializer=JSONSerializer)
-    await asyncio.to_thread(rq_worker.register_birth)
+    rq_worker = await _register(redis, name)
     beat = asyncio.create_task(_keep_registered(rq_worker, settings.heartbeat_interval_s,
                                                 settings.heartbeat_ttl_s))
     health.ready = True

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 from redis import Redis
+from redis.exceptions import RedisError
 
 from cache.near import phash_hex
 from worker import metrics
@@ -69,7 +70,14 @@ class Runner:
         try:
             while not self._stop.is_set():
                 await self._slots.acquire()
-                if not await self._take_one():
+                try:
+                    took = await self._take_one()
+                except RedisError as exc:
+                    # Redis restarting (AOF keeps the queue): wait for it rather than exit.
+                    log.warning("cannot reach Redis to take jobs (%s); retrying", type(exc).__name__)
+                    took = False
+                    await asyncio.sleep(1.0)
+                if not took:
                     self._slots.release()
         finally:
             await self._drain()
@@ -213,8 +221,19 @@ class Runner:
             return None
 
     def _finish(self, claimed: Claimed, ending: Ending) -> None:
-        publish_result(self.redis, ending)
-        record_in_rq(self.redis, claimed.job, claimed.execution, ending.result, self.name)
+        # A result is worth waiting for Redis to come back; only after the lease would the janitor act.
+        deadline = time.monotonic() + self.settings.heartbeat_ttl_s * 4
+        while True:
+            try:
+                publish_result(self.redis, ending)
+                record_in_rq(self.redis, claimed.job, claimed.execution, ending.result, self.name)
+                break
+            except RedisError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("cannot reach Redis to finish job %s (%s); retrying", claimed.job.id,
+                            type(exc).__name__)
+                time.sleep(1.0)
         metrics.observe_ending(ending.result)
 
 

@@ -106,7 +106,7 @@ def final(http: httpx.Client, response: httpx.Response) -> dict:
         return response.json()
     assert response.status_code == 202, response.text
     for _ in range(6):
-        polled = http.get(response.json()["result_url"], params={"wait": 30})
+        polled = http.get(response.json()["result_url"] + "&wait=30")
         if polled.status_code == 200:
             return polled.json()
     pytest.fail(f"no result for {response.json()}")

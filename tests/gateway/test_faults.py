@@ -5,13 +5,15 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 from rq.registry import StartedJobRegistry
 
-from tests.conftest import ProcessGroup
+from tests.conftest import ProcessGroup, RedisProcess, free_port
 from tests.gateway.conftest import MODEL
 from tests.gateway.test_request_path import post
 from worker.constants import QUEUE_NAME
@@ -103,3 +105,53 @@ def test_redis_down_is_a_quick_503_never_a_500(
     for response in (submitted, polled, ready):
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "backend_unavailable"
+
+
+def test_redis_sigkill_and_aof_restart_loses_no_accepted_request(
+        client_factory: Callable[..., TestClient], processes: ProcessGroup, tmp_path: Path,
+        image_factory: Callable[..., bytes]) -> None:
+    redis = RedisProcess(tmp_path, appendonly=True)
+    redis.start()
+    try:
+        client = client_factory(redis_url=redis.url, redis_timeout_s=1.0)
+        start_worker(processes, redis.url, delay_s=2.0, max_inflight=3)
+        urls = submit_distinct(client, image_factory, 5)
+        check = Redis.from_url(redis.url)
+        wait_until(lambda: started_count(check) == 3, 20, "three jobs in flight, two queued")
+        check.close()
+        redis.kill()
+        time.sleep(1.0)
+        redis.start()
+        results = [client.get(url + "&wait=10").json() for url in urls]
+        assert [r["status"] for r in results] == ["done"] * 5, results
+    finally:
+        redis.kill()
+
+
+def test_gateway_sigkill_under_load_loses_no_accepted_job(
+        processes: ProcessGroup, redis_url: str, tmp_path: Path, image_factory: Callable[..., bytes]) -> None:
+    port = free_port()
+    env = {"VLQ_GATEWAY_REDIS_URL": redis_url, "VLQ_GATEWAY_MODEL": MODEL, "VLQ_GATEWAY_PORT": str(port),
+           "VLQ_GATEWAY_AUTH_ENABLED": "false", "VLQ_GATEWAY_L2_PATH": str(tmp_path / "l2.db")}
+    base = f"http://127.0.0.1:{port}"
+    gateway = processes.start("gateway", ["-m", "gateway"], env)
+    wait_until(lambda: _ready(base), 30, "gateway")
+    start_worker(processes, redis_url, delay_s=0.5)
+    with httpx.Client(base_url=base, timeout=30) as http:
+        urls = [http.post("/api/infer", data={"prompt": "q"},
+                          files=[("image", ("i.png", image_factory((n, 9, 9)), "image/png"))]).json()["result_url"]
+                for n in range(6)]
+    gateway.send_signal(signal.SIGKILL)
+    gateway.wait()
+    processes.start("gateway", ["-m", "gateway"], env)
+    wait_until(lambda: _ready(base), 30, "restarted gateway")
+    with httpx.Client(base_url=base, timeout=30) as http:
+        statuses = [http.get(url + "&wait=10").json()["status"] for url in urls]
+    assert statuses == ["done"] * 6
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(base + "/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
