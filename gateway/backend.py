@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.asyncio import Redis as AsyncRedis
 from rq.queue import Queue
 
 from cache.l2 import L2Cache
