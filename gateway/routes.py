@@ -66,6 +66,7 @@ async def infer(request: Request, backend: BackendDep, tenant: TenantDep,
         replay.headers["X-Cache"] = outcome.x_cache
         return replay
     request.state.log.update({"request": outcome.request_id, "x_cache": outcome.x_cache,
+                              "images": [d[:16] for d in outcome.digests],
                               "image_bytes": [len(image) for image in submission.images],
                               "prompt_chars": len(submission.params.prompt)})
     headers = {"X-Cache": outcome.x_cache}

@@ -56,6 +56,7 @@ class Answered:
     request_id: str
     result: JobResult
     x_cache: str
+    digests: list[str]
     near_match: bool = False
 
 
@@ -66,6 +67,7 @@ class Accepted:
     request_id: str
     job_id: str
     x_cache: str
+    digests: list[str]
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,8 @@ async def _answer(backend: Backend, plan: _Plan, raw: bytes, tier: str, near_mat
             pipe.set(plan.idem_key, plan.request_id, nx=True, ex=backend.settings.result_ttl_s)
         await pipe.execute()
     metrics.CACHE_HITS.labels(tier="near" if near_match else tier.removeprefix("HIT-").lower()).inc()
-    return Answered(request_id=plan.request_id, result=result, x_cache=tier, near_match=near_match)
+    return Answered(request_id=plan.request_id, result=result, x_cache=tier, digests=plan.digests,
+                    near_match=near_match)
 
 
 async def _check_backlog(backend: Backend) -> None:
@@ -223,11 +226,11 @@ def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, infos: lis
         pipe.incr(JOB_REFS_PREFIX + existing)
         pipe.execute()
         metrics.COALESCED.inc()
-        return Accepted(request_id=plan.request_id, job_id=existing, x_cache="COALESCED")
+        return Accepted(request_id=plan.request_id, job_id=existing, x_cache="COALESCED", digests=plan.digests)
     _check_quota(pipe, backend, plan.tenant)
     job_id = _enqueue(pipe, backend, plan, infos, coalesce)
     metrics.CACHE_MISSES.inc()
-    return Accepted(request_id=plan.request_id, job_id=job_id, x_cache="MISS")
+    return Accepted(request_id=plan.request_id, job_id=job_id, x_cache="MISS", digests=plan.digests)
 
 
 def _check_quota(pipe: Pipeline, backend: Backend, tenant: str) -> None:
