@@ -62,7 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     metrics_port, port = free_port(), free_port()
     worker_env = {"VLQ_WORKER_REDIS_URL": redis.url, "VLQ_WORKER_MODEL": DEFAULT_MODEL,
                   "VLQ_WORKER_METRICS_PORT": str(metrics_port), "VLQ_WORKER_MAX_INFLIGHT": "8",
-                  "VLQ_WORKER_MAX_NUM_SEQS": "8", "VLQ_WORKER_MAX_MODEL_LEN": "4096",
+                  "VLQ_WORKER_MAX_NUM_SEQS": "8", "VLQ_WORKER_MAX_MODEL_LEN": "1024",
                   "VLQ_WORKER_ENFORCE_EAGER": "true", "VLQ_WORKER_HEARTBEAT_TTL_S": "5",
                   "VLQ_WORKER_HEARTBEAT_INTERVAL_S": "1"}
     gateway_env = {"VLQ_GATEWAY_REDIS_URL": redis.url, "VLQ_GATEWAY_MODEL": DEFAULT_MODEL,
@@ -171,6 +171,15 @@ def test_several_jobs_are_in_flight_on_the_engine_at_once(http: httpx.Client, rd
     assert peak >= 2
     scrape = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics").text
     assert 'vlq_worker_jobs_total{outcome="done"}' in scrape
+
+
+def test_prompt_too_long_for_the_model_fails_clearly_and_the_worker_keeps_serving(http: httpx.Client) -> None:
+    too_long = final(http, submit(http, make_image((1, 2, 250)), prompt="tell me about it " * 700))
+    assert too_long["status"] == "failed", too_long
+    assert too_long["error"]["code"] == "prompt_too_long"
+    assert "Traceback" not in too_long["error"]["message"]
+    after = final(http, submit(http, make_image((250, 2, 1))))
+    assert after["status"] == "done"
 
 
 def test_sigkilled_worker_jobs_finish_on_a_restarted_worker(http: httpx.Client, stack: Stack) -> None:
