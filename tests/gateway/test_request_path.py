@@ -65,3 +65,30 @@ def test_unknown_request_is_404_and_malformed_is_400(client: TestClient) -> None
         response = client.get("/api/result", params={"request_id": bad})
         assert response.status_code == 400, bad
         assert response.json()["error"]["code"] == "invalid_request_id"
+
+
+def test_expired_result_is_410(client: TestClient, worker_factory: Callable[..., ThreadWorker],
+                               image_factory: Callable[..., bytes], redis_client: Redis) -> None:
+    worker_factory()
+    accepted = post(client, [image_factory((3, 1, 4))]).json()
+    assert client.get(accepted["result_url"] + "&wait=10").json()["status"] == "done"
+    job_id = redis_client.hget("vlq:req:" + accepted["request_id"], "job_id").decode()
+    redis_client.delete("vlq:result:" + job_id, "rq:job:" + job_id)  # what the TTLs do, sooner
+    gone = client.get(accepted["result_url"])
+    assert gone.status_code == 410
+    assert gone.json()["error"]["code"] == "result_expired"
+
+
+def test_long_poll_returns_as_soon_as_the_job_ends(client: TestClient, worker_factory: Callable[..., ThreadWorker],
+                                                   image_factory: Callable[..., bytes]) -> None:
+    import time
+
+    from worker.engine import InstantEngine
+
+    worker_factory(InstantEngine(delay_s=0.5))
+    accepted = post(client, [image_factory((2, 7, 1))]).json()
+    started = time.monotonic()
+    done = client.get(accepted["result_url"] + "&wait=8")
+    elapsed = time.monotonic() - started
+    assert done.json()["status"] == "done"
+    assert elapsed < 3, elapsed

@@ -54,11 +54,15 @@ def test_missing_or_wrong_key_is_401_and_nothing_is_written(
     assert set(redis_client.keys()) - {b"vlq:janitor:lock"} == before
 
 
-def test_rotated_keys_and_both_headers_work(auth_client: TestClient, image_factory: Callable[..., bytes]) -> None:
+def test_rotated_keys_and_both_headers_work(auth_client: TestClient, image_factory: Callable[..., bytes],
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
     for key, bearer in (("key-acme-old", True), ("key-acme-new", False)):
         response = auth_client.post("/api/infer", data={"prompt": "q"}, headers=as_tenant(key, bearer),
                                     files=[("image", ("i.png", image_factory((2, 2, 2)), "image/png"))])
         assert response.status_code == 202, response.text
+    assert '"route":"/api/infer"' in caplog.text  # the access log was captured ...
+    assert "key-acme" not in caplog.text  # ... and keys never reach it
 
 
 def test_another_tenants_request_id_is_404_and_cache_is_per_tenant(

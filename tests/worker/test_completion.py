@@ -1,0 +1,63 @@
+"""Ending a job on real Redis: the first result wins; cache, markers and quotas are updated with it."""
+
+from __future__ import annotations
+
+import time
+
+from redis import Redis
+
+from worker.completion import Ending, publish_result, result_key
+from worker.constants import CACHE_PREFIX, INFLIGHT_PREFIX, TENANT_INFLIGHT_PREFIX
+from worker.contract import (
+    CacheMode,
+    ErrorCode,
+    InferJob,
+    InferOutput,
+    JobError,
+    JobResult,
+    JobState,
+    SamplingParams,
+    Usage,
+)
+
+
+def payload(mode: CacheMode = CacheMode.EXACT) -> InferJob:
+    return InferJob(model="m", prompt="p", images=[], sampling=SamplingParams(), cache_key="k" * 64,
+                    cache_mode=mode, tenant="acme", enqueued_at=time.time(), result_ttl_s=60, cache_ttl_s=30)
+
+
+def done(text: str) -> JobResult:
+    return JobResult(state=JobState.DONE, finished_at=time.time(),
+                     result=InferOutput(text=text, finish_reason="stop", usage=Usage(prompt_tokens=1,
+                                                                                   completion_tokens=1)))
+
+
+def test_first_result_wins_and_fills_cache_and_clears_markers(redis_client: Redis) -> None:
+    job = payload()
+    redis_client.set(INFLIGHT_PREFIX + job.cache_key, "job-1")
+    redis_client.zadd(TENANT_INFLIGHT_PREFIX + "acme", {"job-1": 1.0})
+    assert publish_result(redis_client, Ending("job-1", done("first"), job)) is True
+    assert publish_result(redis_client, Ending("job-1", done("second"), job)) is False
+    stored = JobResult.model_validate_json(redis_client.get(result_key("job-1")))
+    assert stored.result is not None and stored.result.text == "first"
+    cached = JobResult.model_validate_json(redis_client.get(CACHE_PREFIX + job.cache_key))
+    assert cached.result is not None and cached.result.text == "first"
+    assert 0 < redis_client.ttl(CACHE_PREFIX + job.cache_key) <= 30
+    assert redis_client.get(INFLIGHT_PREFIX + job.cache_key) is None
+    assert redis_client.zcard(TENANT_INFLIGHT_PREFIX + "acme") == 0
+
+
+def test_failure_is_not_cached_and_leaves_another_jobs_marker(redis_client: Redis) -> None:
+    job = payload()
+    redis_client.set(INFLIGHT_PREFIX + job.cache_key, "job-2")  # a newer job now owns the key
+    failed = JobResult(state=JobState.FAILED, finished_at=time.time(),
+                       error=JobError(code=ErrorCode.ENGINE_OOM, message="out of memory"))
+    assert publish_result(redis_client, Ending("job-1", failed, job)) is True
+    assert redis_client.get(CACHE_PREFIX + job.cache_key) is None
+    assert redis_client.get(INFLIGHT_PREFIX + job.cache_key) == b"job-2"
+
+
+def test_cache_off_results_are_not_cached(redis_client: Redis) -> None:
+    job = payload(CacheMode.OFF)
+    assert publish_result(redis_client, Ending("job-3", done("fresh"), job)) is True
+    assert redis_client.get(CACHE_PREFIX + job.cache_key) is None
