@@ -64,9 +64,11 @@ async def serve(settings: WorkerSettings) -> None:
         engine, health.gpu_memory = await build_engine(settings)
         log.info("engine %s ready in %.1f s", settings.engine, time.monotonic() - started)
         try:
-            await _run_jobs(settings, engine, redis, name, health)
+            died = await _run_jobs(settings, engine, redis, name, health)
         finally:
             engine.shutdown()
+        if died:
+            raise SystemExit("the engine died; exiting so the worker is restarted")
     finally:
         redis.close()
         if server is not None:
@@ -88,7 +90,8 @@ async def _register(redis: Redis, name: str) -> Worker:
 
 
 async def _run_jobs(settings: WorkerSettings, engine: Engine, redis: Redis, name: str,
-                    health: metrics.Health) -> None:
+                    health: metrics.Health) -> bool:
+    """Run jobs until stopped; True if the engine died."""
     runner = Runner(settings, engine, redis, name)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,6 +107,7 @@ async def _run_jobs(settings: WorkerSettings, engine: Engine, redis: Redis, name
         beat.cancel()
         with suppress(Exception):
             await asyncio.to_thread(rq_worker.register_death)
+    return runner.engine_died
 
 
 def main() -> None:

@@ -55,6 +55,11 @@ class EngineOutput:
 class Engine(Protocol):
     """What the worker needs of an engine: concurrent generate calls that it batches, and abort."""
 
+    @property
+    def errored(self) -> bool:
+        """True once the engine died for good: the worker hands its jobs back and exits."""
+        ...
+
     async def generate(self, request: EngineRequest) -> EngineOutput: ...
 
     async def abort(self, request_id: str) -> None: ...
@@ -71,6 +76,7 @@ class InstantEngine:
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
         self.calls = 0
+        self.errored = False
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
         self.calls += 1

@@ -44,6 +44,10 @@ return 1
 """
 
 
+class _EngineDiedError(Exception):
+    """The engine process is gone; no job should be failed for it."""
+
+
 class Runner:
     """Feeds RQ jobs to one engine, many at a time, until asked to stop; then drains."""
 
@@ -59,6 +63,8 @@ class Runner:
         self._inflight: dict[str, Claimed] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        # Set when the engine died: jobs go back to the queue and the process exits non-zero to be restarted.
+        self.engine_died = False
 
     def request_stop(self) -> None:
         """Stop taking jobs; jobs in flight are finished (SIGTERM)."""
@@ -138,6 +144,11 @@ class Runner:
         try:
             ending = await self._execute(claimed, started)
             await asyncio.to_thread(self._finish, claimed, ending)
+        except _EngineDiedError:
+            log.error("the engine died; handing job %s back and stopping", job_id)
+            self.engine_died = True
+            self.request_stop()
+            await asyncio.to_thread(requeue_unfinished, self.queue, claimed)
         except Exception:
             log.exception("job %s could not be finished; the janitor will sweep it", job_id)
         finally:
@@ -193,6 +204,8 @@ class Runner:
             await self.engine.abort(request.request_id)
             return _failed(claimed.job.id, payload, ErrorCode.TIMEOUT, "the job ran past its timeout", started)
         except EngineError as exc:
+            if self.engine.errored:
+                raise _EngineDiedError from exc
             if await asyncio.to_thread(self.redis.exists, CANCEL_PREFIX + claimed.job.id):
                 return _ended(claimed.job.id, payload, JobState.CANCELED, ErrorCode.CANCELED,
                               "the request was canceled", started)

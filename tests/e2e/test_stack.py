@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,7 +55,7 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], procs: 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not (MODEL_DIR / "config.json").exists():
-        subprocess.run([".venv/bin/python", "-m", "worker.tiny_model", "--out", str(MODEL_DIR)], cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "worker.tiny_model", "--out", str(MODEL_DIR)], cwd=ROOT,
                        check=True)
     redis = RedisProcess(tmp_path_factory.mktemp("e2e-redis"))
     redis.start()

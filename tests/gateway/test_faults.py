@@ -14,9 +14,11 @@ from redis import Redis
 from rq.registry import StartedJobRegistry
 
 from tests.conftest import ProcessGroup, RedisProcess, free_port
-from tests.gateway.conftest import MODEL
+from tests.gateway.conftest import MODEL, ThreadWorker
 from tests.gateway.test_request_path import post
 from worker.constants import QUEUE_NAME
+from worker.contract import ErrorCode
+from worker.engine import EngineError, EngineRequest, InstantEngine
 
 
 def start_worker(processes: ProcessGroup, redis_url: str, delay_s: float, max_inflight: int = 8):
@@ -155,3 +157,24 @@ def _ready(base: str) -> bool:
         return httpx.get(base + "/readyz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+class DyingEngine(InstantEngine):
+    """Test double whose engine process dies on the first call, as vLLM's EngineCore can."""
+
+    async def generate(self, request: EngineRequest):
+        self.errored = True
+        raise EngineError(ErrorCode.ENGINE_ERROR, "The engine process is gone.")
+
+
+def test_dead_engine_hands_jobs_back_and_stops_the_worker(
+        client: TestClient, worker_factory: Callable[..., ThreadWorker], image_factory: Callable[..., bytes],
+        redis_client: Redis) -> None:
+    worker = worker_factory(DyingEngine())
+    accepted = post(client, [image_factory((6, 6, 1))]).json()
+    worker.thread.join(timeout=10)
+    assert not worker.thread.is_alive()
+    assert worker.runner is not None and worker.runner.engine_died
+    assert client.get(accepted["result_url"]).json()["status"] == "queued"  # not failed: another worker runs it
+    worker_factory()
+    assert client.get(accepted["result_url"] + "&wait=10").json()["status"] == "done"
