@@ -61,7 +61,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.keyring = keyring
     errors.install(app)
     app.include_router(routes.router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s,
+                       deadline_s=settings.body_deadline_s)
     app.add_middleware(Observe)  # outermost: every response, refusals included, gets an id and a log line
     return app
 

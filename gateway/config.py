@@ -42,6 +42,8 @@ class GatewaySettings(BaseSettings):
     # Request bodies: a larger one is refused while it streams in, a slower one when a read stalls.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     body_read_timeout_s: float = Field(default=15.0, gt=0)
+    # The whole body must arrive within this, however it trickles in (slowloris).
+    body_deadline_s: float = Field(default=120.0, gt=0)
     max_tokens_limit: int = Field(default=4096, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
 

@@ -78,10 +78,11 @@ def _record(scope: Scope, request_id: str, status: int, seconds: float) -> None:
 class BodyLimit:
     """Refuses bodies over ``max_bytes`` (declared or streamed) and bodies whose reads stall."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float, deadline_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s
+        self.deadline_s = deadline_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,11 +101,14 @@ class BodyLimit:
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0
+        deadline = time.monotonic() + self.deadline_s
 
         async def limited_receive() -> Message:
             nonlocal seen
+            # Each read may stall at most read_timeout_s, and all reads together end by the deadline.
+            timeout = min(self.read_timeout_s, max(deadline - time.monotonic(), 0.0))
             try:
-                message = await asyncio.wait_for(receive(), timeout=self.read_timeout_s)
+                message = await asyncio.wait_for(receive(), timeout=timeout)
             except TimeoutError as exc:
                 raise RequestTimeoutError("body_timeout", "the request body arrived too slowly", None,
                                           {"Connection": "close"}) from exc

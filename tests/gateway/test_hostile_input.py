@@ -10,6 +10,7 @@ to write.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -195,8 +196,8 @@ def test_body_over_limit(client_factory: Callable[..., TestClient], refused: Che
 def live_port(settings_factory: Callable[..., GatewaySettings]) -> Iterator[int]:
     """A real uvicorn server in a thread: TestClient reads a streamed body whole, so it cannot stall one."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings_factory(body_read_timeout_s=0.3)), host="127.0.0.1", port=port,
-                            lifespan="on", log_level="warning", ws="none")
+    app = create_app(settings_factory(body_read_timeout_s=0.3, body_deadline_s=1.0))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", ws="none")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -230,6 +231,24 @@ def test_stalled_body_times_out(live_port: int, refused: Check, stall: str) -> N
     refused(response, 408, "body_timeout", None)
     assert response.headers["connection"] == "close"
     assert 0.3 <= elapsed < 3.0  # the gateway's 0.3 s read timeout answered, not the socket's 5 s
+
+
+def test_trickled_body_hits_the_whole_body_deadline(live_port: int, refused: Check) -> None:
+    # Slowloris: every read arrives within the 0.3 s read timeout, but the body never ends.
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", live_port), timeout=5) as sock:
+        sock.sendall(b"POST /api/infer HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n")
+        with contextlib.suppress(OSError):  # the server may close while we still trickle
+            for _ in range(40):
+                sock.sendall(b" ")
+                time.sleep(0.1)
+                if time.monotonic() - started > 3:
+                    break
+        raw = http.client.HTTPResponse(sock)
+        raw.begin()
+        response = httpx.Response(raw.status, headers=raw.getheaders(), content=raw.read())
+    refused(response, 408, "body_timeout", None)
 
 
 # --- pixels and shapes -------------------------------------------------------------------------------------
