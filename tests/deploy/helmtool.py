@@ -124,9 +124,12 @@ def documents(rendered: str) -> list[dict[str, Any]]:
 
 # ---- k8s/: the plain manifests, rendered from the chart --------------------------------------------------
 
-# Plain manifests use an existing Secret (k8s/README.md creates it): a generated password would differ on
-# every render, and a fixed one would be the same in every cluster.
-PLAIN_BASE: dict[str, Any] = {"redis": {"auth": {"existingSecret": "vlq-redis"}}}
+# Plain manifests use existing Secrets (k8s/README.md creates them): a generated Redis password would differ on
+# every render, and a fixed one would be the same in every cluster; API key hashes belong to each installation.
+PLAIN_BASE: dict[str, Any] = {
+    "redis": {"auth": {"existingSecret": "vlq-redis"}},
+    "auth": {"existingSecret": "vlq-api-keys", "existingSecretKey": "keys.json"},
+}
 
 
 @dataclass(frozen=True)

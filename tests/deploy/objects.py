@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 Obj = dict[str, Any]
@@ -50,3 +51,16 @@ def env_values(workload: Obj, name: str) -> dict[str, str]:
 def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     """Whether matchLabels ``selector`` selects ``labels``."""
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def container_env(docs: list[Obj], workload: Obj, name: str) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: envFrom ConfigMaps, then literal env entries with
+    $(VAR) references to earlier entries expanded (entries with valueFrom are left out)."""
+    env: dict[str, str] = {}
+    for source in container(workload, name).get("envFrom", []):
+        env.update(find(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for entry in env_list(workload, name):
+        if "value" in entry:
+            env[entry["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                                        lambda m: env.get(m.group(1), m.group(0)), entry["value"])
+    return env

@@ -1,8 +1,24 @@
-"""Value sets the chart is rendered with in the deploy tests: one per feature switch that changes objects."""
+"""Value sets the chart is rendered with in the deploy tests: one per feature switch that changes objects.
+
+The chart refuses to render with auth on and no API keys (as the gateway refuses to start), so value sets that
+say nothing about ``auth`` are given one tenant's key hash (``with_keys``); those that do are taken as they are.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from gateway.auth import hash_key
+
+# A key the tests know in full; the chart only ever sees its hash.
+TEST_KEY = "vlq_deploy-test-key"
+TEST_AUTH: dict[str, Any] = {"auth": {"tenants": {"ci": [hash_key(TEST_KEY)]}}}
+
+
+def with_keys(values: dict[str, Any] | None) -> dict[str, Any]:
+    """``values`` plus TEST_AUTH, unless they configure auth themselves."""
+    values = dict(values or {})
+    return values if "auth" in values else {**TEST_AUTH, **values}
 
 INGRESS: dict[str, Any] = {
     "gateway": {"ingress": {
@@ -28,8 +44,11 @@ MONITORING: dict[str, Any] = {
     },
 }
 
-SCENARIOS: dict[str, dict[str, Any]] = {
+_SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "auth-existing-secret": {"auth": {"existingSecret": "vlq-api-keys", "existingSecretKey": "tenants.json"}},
+    "auth-off": {"auth": {"enabled": False}},
+    "gateway-processes": {"gateway": {"workers": 4}},
     "ingress": INGRESS,
     "keda-prometheus": {"autoscaling": {"mode": "keda", "minReplicas": 1, "maxReplicas": 8}},
     "keda-redis": {"autoscaling": {"mode": "keda", "keda": {"trigger": "redis"}}},
@@ -50,6 +69,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "everything": {
         **INGRESS, **MONITORING,
         "fullnameOverride": "vlq-prod",
+        "gateway": {
+            **INGRESS["gateway"],
+            "workers": 2,
+            "config": {"rateLimitPerMinute": 120, "tenantMaxInflight": 32, "maxQueueDepth": 5000,
+                       "sharedCache": True, "requireLiveWorker": False, "maxBodyBytes": 48 * 1024 * 1024,
+                       "bodyReadTimeoutSeconds": 30},
+        },
         "commonLabels": {"team": "ml"},
         "imagePullSecrets": ["registry"],
         "model": {"name": "Qwen/Qwen3-VL-8B-Instruct"},
@@ -66,5 +92,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         },
         "redis": {"auth": {"password": "fixed-password"}, "networkPolicy": {"extraFrom": [
             {"podSelector": {"matchLabels": {"app": "redis-exporter"}}}]}},
+        "auth": {"tenants": {"ci": [hash_key(TEST_KEY)], "team-b": [hash_key("b-old"), hash_key("b-new")]}},
     },
 }
+
+SCENARIOS: dict[str, dict[str, Any]] = {name: with_keys(values) for name, values in _SCENARIOS.items()}

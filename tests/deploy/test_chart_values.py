@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,16 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.auth import hash_key
 from tests.deploy import helmtool
+from tests.deploy.conftest import Notes
 from tests.deploy.scenarios import SCENARIOS
 
 SCHEMA = json.loads((helmtool.CHART / "values.schema.json").read_text())
 VALUES_TEXT = (helmtool.CHART / "values.yaml").read_text()
 VALUES = yaml.safe_load(VALUES_TEXT)
 
+HASH = hash_key("vlq_test")
 BAD_VALUES = [
     pytest.param({"autoscaling": {"maxReplicas": 0}}, "autoscaling.maxReplicas: Must be greater than or equal to 1",
                  id="max-replicas-zero"),
@@ -57,6 +59,31 @@ BAD_VALUES = [
                   "monitoring": {"prometheusRule": {"enabled": True}}},
                  "monitoring.prometheusRule.alerts.gpuMemory.ratio (0.9) must be above "
                  "worker.engine.gpuMemoryUtilization (0.95)", id="gpu-alert-always-firing"),
+    pytest.param({"auth": {"tenants": {"acme": ["vlq_a-raw-key"]}}},
+                 "auth.tenants.acme.0: Does not match pattern '^sha256:[0-9a-f]{64}$'", id="raw-api-key"),
+    pytest.param({"auth": {"tenants": {"acme corp": [HASH]}}}, 'Property name of "acme corp" does not match',
+                 id="bad-tenant-name"),
+    pytest.param({"auth": {"tenants": {"acme": []}}}, "auth.tenants.acme: Array must have at least 1 items",
+                 id="tenant-without-keys"),
+    pytest.param({"auth": {"tenants": {"acme": [HASH]}, "existingSecret": "keys"}},
+                 'set auth.tenants or auth.existingSecret ("keys"), not both', id="two-key-files"),
+    pytest.param({"auth": {"enabled": "no"}}, "auth.enabled: Invalid type", id="auth-enabled-as-string"),
+    pytest.param({"auth": {"apiKeys": ["k"]}}, "auth: Additional property apiKeys is not allowed",
+                 id="unknown-auth-key"),
+    pytest.param({"gateway": {"workers": 0}}, "gateway.workers: Must be greater than or equal to 1",
+                 id="no-gateway-processes"),
+    pytest.param({"gateway": {"config": {"requireLiveWorker": "sometimes"}}}, "gateway.config.requireLiveWorker",
+                 id="require-live-worker-not-auto-or-bool"),
+    pytest.param({"autoscaling": {"mode": "keda", "scaleToZero": True},
+                  "gateway": {"config": {"requireLiveWorker": True}}},
+                 "gateway.config.requireLiveWorker=true contradicts autoscaling.scaleToZero",
+                 id="require-live-worker-with-scale-to-zero"),
+    pytest.param({"gateway": {"config": {"maxBodyBytes": 20971520}}},
+                 "gateway.config.maxBodyBytes (20971520) must be at least gateway.config.maxImages x maxImageBytes "
+                 "(41943040)", id="body-limit-below-images"),
+    pytest.param({"gateway": {"ingress": {"enabled": True, "maxBodySize": "40m"}}},
+                 "gateway.ingress.maxBodySize (40m = 41943040 bytes) must be at least gateway.config.maxBodyBytes "
+                 "(52428800)", id="ingress-body-below-gateway-body"),
 ]
 
 
@@ -185,17 +212,9 @@ def test_chart_metadata() -> None:
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_notes_render_in_every_scenario(helm: Path, tmp_path: Path, scenario: str) -> None:
-    # helm template never renders NOTES.txt: render it through tpl from a copy of the chart.
-    chart = tmp_path / "vlq"
-    shutil.copytree(helmtool.CHART, chart)
-    (chart / "templates" / "NOTES.txt").rename(chart / "notes.txt")
-    (chart / "templates" / "zz-notes.yaml").write_text('notes: {{ tpl (.Files.Get "notes.txt") . | toJson }}\n')
-    out = helmtool.run_helm(helm, ["template", "vlq", str(chart), "--namespace", "vlq",
-                                   "--values", _values_file(tmp_path, SCENARIOS[scenario]),
-                                   "--show-only", "templates/zz-notes.yaml"])
-    notes = yaml.safe_load(out)["notes"]
-    assert "<no value>" not in notes
-    assert "helm test vlq -n vlq" in notes
+def test_notes_render_in_every_scenario(notes: Notes, scenario: str) -> None:
+    text = notes(SCENARIOS[scenario])
+    assert "<no value>" not in text
+    assert "helm test vlq -n vlq" in text
     mode = SCENARIOS[scenario].get("autoscaling", {}).get("mode", "none")
-    assert f"Autoscaling: {mode}" in notes
+    assert f"Autoscaling: {mode}" in text

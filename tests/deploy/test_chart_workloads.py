@@ -82,10 +82,11 @@ def test_vllm_settings_come_from_values(render: Render) -> None:
 
 
 def test_large_numbers_render_as_plain_integers(render: Render) -> None:
-    env = configmap_env(render({"gateway": {"config": {"maxImageBytes": 52428800, "l2MaxBytes": 4294967296}}}),
-                        "-gateway")
+    config = {"maxImageBytes": 52428800, "l2MaxBytes": 4294967296, "maxBodyBytes": 268435456}
+    env = configmap_env(render({"gateway": {"config": config}}), "-gateway")
     assert env["VLQ_GATEWAY_MAX_IMAGE_BYTES"] == "52428800"
     assert env["VLQ_GATEWAY_L2_MAX_BYTES"] == "4294967296"
+    assert env["VLQ_GATEWAY_MAX_BODY_BYTES"] == "268435456"
     GatewaySettings.model_validate({k[len("VLQ_GATEWAY_"):].lower(): v for k, v in env.items()})
 
 
@@ -312,7 +313,9 @@ def test_generated_password_is_long_and_random(render: Render) -> None:
 
     password = base64.b64decode(find(render({}), "Secret", "-redis")["data"]["redis-password"]).decode()
     assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
-    assert "Secret" not in kinds(render({"redis": {"auth": {"existingSecret": "mine"}}}))
+    # With an existing Secret the only one the chart makes is the gateway's API key file.
+    secrets = find_all(render({"redis": {"auth": {"existingSecret": "mine"}}}), "Secret")
+    assert [s["metadata"]["name"] for s in secrets] == ["vlq-gateway-api-keys"]
 
 
 @pytest.mark.parametrize("workload", ["-gateway", "-worker"])
@@ -330,7 +333,8 @@ def test_services_build_the_redis_url_from_the_secret(render: Render, workload: 
 
 def test_external_redis_replaces_the_statefulset(render: Render) -> None:
     docs = render(EXTERNAL_REDIS)
-    assert not {"StatefulSet", "NetworkPolicy", "Secret"} & kinds(docs)
+    assert not {"StatefulSet", "NetworkPolicy"} & kinds(docs)
+    assert [s["metadata"]["name"] for s in find_all(docs, "Secret")] == ["vlq-gateway-api-keys"]
     assert not [s for s in find_all(docs, "Service") if "redis" in s["metadata"]["name"]]
     for workload in ("-gateway", "-worker"):
         component = workload.strip("-")

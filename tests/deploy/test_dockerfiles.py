@@ -140,3 +140,21 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
         for copy in only(parse(ROOT / image / "Dockerfile"), "COPY"):
             source = copy.split()[0].rstrip("/")
             assert source in included, f"{image}/Dockerfile copies {source}, which .dockerignore leaves out"
+
+
+def env_of(instructions: list[Instruction]) -> dict[str, str]:
+    """Variables set by ENV instructions (the key=value form)."""
+    env: dict[str, str] = {}
+    for args in only(instructions, "ENV"):
+        for pair in args.split():
+            name, _, value = pair.partition("=")
+            env[name] = value
+    return env
+
+
+def test_gateway_image_listens_beyond_loopback_and_keeps_auth_on(gateway: list[Instruction]) -> None:
+    env = env_of(gateway)
+    # GatewaySettings defaults to 127.0.0.1, unreachable from outside the container.
+    assert env["VLQ_GATEWAY_HOST"] == "0.0.0.0"
+    assert env["VLQ_GATEWAY_PORT"] in only(gateway, "EXPOSE")
+    assert "VLQ_GATEWAY_AUTH_ENABLED" not in env  # on by default; turning it off is the deployer's explicit act

@@ -55,7 +55,21 @@ def test_core_manifest_needs_no_crd_and_carries_no_password() -> None:
     assert "replicas" not in find(docs, "Deployment", "-worker")["spec"]
 
 
-def test_readme_tells_how_to_create_the_redis_secret() -> None:
+def test_core_manifest_reads_api_keys_from_an_existing_secret() -> None:
+    docs = _load("vlq.yaml")
+    gateway = find(docs, "Deployment", "-gateway")
+    volumes = {v["name"]: v for v in pod_spec(gateway)["volumes"]}
+    assert volumes["api-keys"]["secret"]["secretName"] == "vlq-api-keys"
+    assert volumes["api-keys"]["secret"]["items"] == [{"key": "keys.json", "path": "keys.json"}]
+    env = find(docs, "ConfigMap", "-gateway")["data"]
+    assert env["VLQ_GATEWAY_AUTH_ENABLED"] == "true"
+    assert env["VLQ_GATEWAY_API_KEYS_FILE"] == "/etc/vlq/api-keys/keys.json"
+    assert env["VLQ_GATEWAY_HOST"] == "0.0.0.0"
+
+
+def test_readme_tells_how_to_create_the_secrets() -> None:
     readme = (helmtool.K8S_DIR / "README.md").read_text()
     assert "kubectl -n vlq create secret generic vlq-redis --from-literal=redis-password=" in readme
+    assert "kubectl -n vlq create secret generic vlq-api-keys --from-file=keys.json" in readme
+    assert "python -m gateway.auth new" in readme
     assert "make k8s-manifests" in readme

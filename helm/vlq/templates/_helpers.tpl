@@ -55,6 +55,70 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The gateway listens here; gateway/__main__.py fixes the port. */}}
 {{- define "vlq.gateway.containerPort" -}}8000{{- end }}
+{{/* ---- Gateway ---------------------------------------------------------------------------------------- */}}
+
+{{/* The API key file is mounted here, always under this name (VLQ_GATEWAY_API_KEYS_FILE). */}}
+{{- define "vlq.gateway.apiKeysDir" -}}/etc/vlq/api-keys{{- end }}
+{{- define "vlq.gateway.apiKeysFile" -}}keys.json{{- end }}
+
+{{/* "true" when the chart renders the API key Secret from auth.tenants. */}}
+{{- define "vlq.gateway.createKeysSecret" -}}
+{{- if and .Values.auth.enabled .Values.auth.tenants (not .Values.auth.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "vlq.gateway.keysSecretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-api-keys" (include "vlq.gateway.fullname" .)) }}
+{{- end }}
+
+{{- define "vlq.gateway.keysSecretKey" -}}
+{{- if .Values.auth.existingSecret }}{{ .Values.auth.existingSecretKey }}{{ else }}{{ include "vlq.gateway.apiKeysFile" . }}{{ end }}
+{{- end }}
+
+{{/* The key file as the chart writes it: JSON with sorted keys, so that the checksum only moves with it. */}}
+{{- define "vlq.gateway.keysJson" -}}
+{{- toJson .Values.auth.tenants }}
+{{- end }}
+
+{{/*
+What the gateway pods' checksum/api-keys annotation hashes: the chart-made key file, or the existing Secret's
+name, key and (on install/upgrade, when helm can read it) its data. A new key therefore rolls the pods, which
+read the file only at start. An existing Secret changed with kubectl alone needs
+`kubectl rollout restart deployment/<gateway>` (or any `helm upgrade`).
+*/}}
+{{- define "vlq.gateway.keysChecksum" -}}
+{{- if .Values.auth.existingSecret }}
+{{- $found := lookup "v1" "Secret" .Release.Namespace .Values.auth.existingSecret }}
+{{- $data := dict }}
+{{- if $found }}{{- $data = $found.data | default dict }}{{- end }}
+{{- printf "%s/%s/%s" .Values.auth.existingSecret .Values.auth.existingSecretKey (index $data .Values.auth.existingSecretKey | default "") | sha256sum }}
+{{- else }}
+{{- include "vlq.gateway.keysJson" . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/* VLQ_GATEWAY_REQUIRE_LIVE_WORKER: with scale-to-zero no worker runs until a job is queued, so it must be false. */}}
+{{- define "vlq.gateway.requireLiveWorker" -}}
+{{- $v := .Values.gateway.config.requireLiveWorker }}
+{{- if eq (toString $v) "auto" }}
+{{- not (include "vlq.autoscaling.scalesToZero" .) }}
+{{- else }}
+{{- $v }}
+{{- end }}
+{{- end }}
+
+{{- define "vlq.autoscaling.scalesToZero" -}}
+{{- if and (eq .Values.autoscaling.mode "keda") .Values.autoscaling.scaleToZero }}true{{ end }}
+{{- end }}
+
+{{/* Bytes of an nginx size ("50m", "512k", "1g", "1048576"; k/m/g are powers of 1024). */}}
+{{- define "vlq.nginxSizeBytes" -}}
+{{- $size := toString . }}
+{{- $unit := lower (regexFind "[kKmMgG]$" $size) }}
+{{- $number := trimSuffix $unit (lower $size) | int64 }}
+{{- $factor := get (dict "" 1 "k" 1024 "m" 1048576 "g" 1073741824) $unit }}
+{{- mul $number $factor }}
+{{- end }}
+
 {{/* The worker serves /healthz and /metrics here (VLQ_WORKER_METRICS_PORT). */}}
 {{- define "vlq.worker.metricsPort" -}}9100{{- end }}
 
@@ -150,7 +214,7 @@ Call with (dict "ctx" $ "urlVar" "VLQ_GATEWAY_REDIS_URL").
 {{- end }}
 
 {{- define "vlq.autoscaling.minReplicas" -}}
-{{- if and (eq .Values.autoscaling.mode "keda") .Values.autoscaling.scaleToZero }}0{{ else }}{{ .Values.autoscaling.minReplicas }}{{ end }}
+{{- if include "vlq.autoscaling.scalesToZero" . }}0{{ else }}{{ .Values.autoscaling.minReplicas }}{{ end }}
 {{- end }}
 
 {{- define "vlq.prometheus.gatewayMatchers" -}}
@@ -183,6 +247,28 @@ Call with (dict "ctx" $ "urlVar" "VLQ_GATEWAY_REDIS_URL").
 {{- end }}
 {{- if lt (int .Values.worker.engine.limitMmImages) (int .Values.gateway.config.maxImages) }}
 {{- $errors = append $errors (printf "worker.engine.limitMmImages (%v) must be at least gateway.config.maxImages (%v), or the engine rejects requests the gateway accepted" .Values.worker.engine.limitMmImages .Values.gateway.config.maxImages) }}
+{{- end }}
+{{- $auth := .Values.auth }}
+{{- if and $auth.enabled (not $auth.tenants) (not $auth.existingSecret) }}
+{{- $errors = append $errors "auth.enabled is true but no API keys are given: the gateway refuses to start without them. Make a key with `python -m gateway.auth new` (it prints the key, for the client, and its hash), then set auth.tenants (e.g. --set-json 'auth.tenants={\"acme\":[\"sha256:<hex>\"]}') or auth.existingSecret (a Secret whose key auth.existingSecretKey holds that JSON). To run with no keys at all, set auth.enabled=false explicitly." }}
+{{- end }}
+{{- if and $auth.tenants $auth.existingSecret }}
+{{- $errors = append $errors (printf "set auth.tenants or auth.existingSecret (%q), not both: the gateway reads one key file" $auth.existingSecret) }}
+{{- end }}
+{{- $c := .Values.gateway.config }}
+{{- if and (eq (toString $c.requireLiveWorker) "true") (include "vlq.autoscaling.scalesToZero" .) }}
+{{- $errors = append $errors "gateway.config.requireLiveWorker=true contradicts autoscaling.scaleToZero: with no worker running the gateway would refuse the very job that wakes one; leave it auto or set false" }}
+{{- end }}
+{{- $imagesBytes := mul (int64 $c.maxImages) (int64 $c.maxImageBytes) }}
+{{- if lt (int64 $c.maxBodyBytes) $imagesBytes }}
+{{- $errors = append $errors (printf "gateway.config.maxBodyBytes (%d) must be at least gateway.config.maxImages x maxImageBytes (%d), or the gateway refuses uploads its own limits allow" (int64 $c.maxBodyBytes) $imagesBytes) }}
+{{- end }}
+{{- $ing := .Values.gateway.ingress }}
+{{- if $ing.enabled }}
+{{- $ingressBytes := include "vlq.nginxSizeBytes" $ing.maxBodySize | int64 }}
+{{- if and (gt $ingressBytes 0) (lt $ingressBytes (int64 $c.maxBodyBytes)) }}
+{{- $errors = append $errors (printf "gateway.ingress.maxBodySize (%s = %d bytes) must be at least gateway.config.maxBodyBytes (%d), or the ingress refuses bodies the gateway accepts" $ing.maxBodySize $ingressBytes (int64 $c.maxBodyBytes)) }}
+{{- end }}
 {{- end }}
 {{- $gpuAlert := .Values.monitoring.prometheusRule.alerts.gpuMemory }}
 {{- if and .Values.monitoring.prometheusRule.enabled $gpuAlert.enabled (le (float64 $gpuAlert.ratio) (float64 .Values.worker.engine.gpuMemoryUtilization)) }}
