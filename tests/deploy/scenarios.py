@@ -74,7 +74,7 @@ _SCENARIOS: dict[str, dict[str, Any]] = {
             "workers": 2,
             "config": {"rateLimitPerMinute": 120, "tenantMaxInflight": 32, "maxQueueDepth": 5000,
                        "sharedCache": True, "requireLiveWorker": False, "maxBodyBytes": 48 * 1024 * 1024,
-                       "bodyReadTimeoutSeconds": 30},
+                       "bodyReadTimeoutSeconds": 30, "bodyDeadlineSeconds": 300},
         },
         "commonLabels": {"team": "ml"},
         "imagePullSecrets": ["registry"],

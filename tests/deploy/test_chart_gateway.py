@@ -34,14 +34,14 @@ def test_gateway_listens_on_the_pod_address_and_the_container_port(render: Rende
 def test_tenant_and_admission_settings_come_from_values(render: Render, tmp_path: Path) -> None:
     config = {"rateLimitPerMinute": 90, "tenantMaxInflight": 12, "maxQueueDepth": 2500, "sharedCache": True,
               "requireLiveWorker": False, "maxBodyBytes": 268435456, "bodyReadTimeoutSeconds": 7.5,
-              "maxImageBytes": 52428800}
+              "bodyDeadlineSeconds": 45, "maxImageBytes": 52428800}
     docs = render({"gateway": {"workers": 3, "config": config}})
     env = gateway_config(docs)
     assert env["VLQ_GATEWAY_MAX_BODY_BYTES"] == "268435456"  # a plain integer, not 2.68435456e+08
     settings = gateway_settings(docs, tmp_path)
     assert (settings.rate_limit_per_minute, settings.tenant_max_inflight, settings.max_queue_depth) == (90, 12, 2500)
     assert settings.shared_cache is True and settings.require_live_worker is False
-    assert (settings.max_body_bytes, settings.body_read_timeout_s) == (268435456, 7.5)
+    assert (settings.max_body_bytes, settings.body_read_timeout_s, settings.body_deadline_s) == (268435456, 7.5, 45)
     assert settings.workers == 3
 
 
