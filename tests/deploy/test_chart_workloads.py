@@ -391,3 +391,10 @@ def test_helm_test_pod_calls_healthz_through_the_service(render: Render) -> None
     assert "/healthz" in test["command"][2]
     assert test["command"][-1] == "http://vlq-gateway:8080"
     assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_default_ingress_publishes_only_the_api(render: Render) -> None:
+    # /metrics, /healthz, /readyz and /docs must not be reachable from outside the cluster by default.
+    ingress = find(render({"gateway": {"ingress": {"enabled": True}}}), "Ingress")
+    paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert paths == ["/api"]
