@@ -20,7 +20,7 @@ from contextlib import suppress
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.serializers import JSONSerializer
-from rq.worker import Worker
+from rq.worker import Worker, WorkerStatus
 
 from worker import metrics
 from worker.config import WorkerSettings
@@ -43,10 +43,12 @@ async def build_engine(settings: WorkerSettings) -> tuple[Engine, GpuReading | N
     return await VllmEngine.start(settings), gpu_memory
 
 
-async def _keep_registered(rq_worker: Worker, interval_s: float, ttl_s: int) -> None:
-    # RQ lists live workers from their own heartbeat key; `rq info` shows this worker while it beats.
+async def _keep_registered(rq_worker: Worker, runner: Runner, interval_s: float, ttl_s: int) -> None:
+    # RQ lists live workers from their own heartbeat key; `rq info` shows this worker while it beats,
+    # busy while it has jobs in flight.
     while True:
         try:
+            await asyncio.to_thread(rq_worker.set_state, WorkerStatus.BUSY if runner.inflight else WorkerStatus.IDLE)
             await asyncio.to_thread(rq_worker.heartbeat, ttl_s)
         except RedisError as exc:
             log.warning("worker heartbeat failed (%s); retrying", type(exc).__name__)
@@ -92,12 +94,12 @@ async def _register(redis: Redis, name: str) -> Worker:
 async def _run_jobs(settings: WorkerSettings, engine: Engine, redis: Redis, name: str,
                     health: metrics.Health) -> bool:
     """Run jobs until stopped; True if the engine died."""
-    runner = Runner(settings, engine, redis, name)
+    rq_worker = await _register(redis, name)
+    runner = Runner(settings, engine, redis, name, rq_worker=rq_worker)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.request_stop)
-    rq_worker = await _register(redis, name)
-    beat = asyncio.create_task(_keep_registered(rq_worker, settings.heartbeat_interval_s,
+    beat = asyncio.create_task(_keep_registered(rq_worker, runner, settings.heartbeat_interval_s,
                                                 settings.heartbeat_ttl_s))
     health.ready = True
     try:

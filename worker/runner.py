@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pydantic import ValidationError
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.worker import Worker
 
 from cache.near import phash_hex
 from worker import metrics
@@ -52,19 +53,25 @@ class Runner:
     """Feeds RQ jobs to one engine, many at a time, until asked to stop; then drains."""
 
     def __init__(self, settings: WorkerSettings, engine: Engine, redis: Redis, name: str,
-                 phash: Callable[[bytes], str] | None = phash_hex) -> None:
+                 phash: Callable[[bytes], str] | None = phash_hex, rq_worker: Worker | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.redis = redis
         self.name = name
         self.queue = open_queue(redis)
         self._phash = phash
+        self._rq_worker = rq_worker
         self._slots = asyncio.Semaphore(settings.max_inflight)
         self._inflight: dict[str, Claimed] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         # Set when the engine died: jobs go back to the queue and the process exits non-zero to be restarted.
         self.engine_died = False
+
+    @property
+    def inflight(self) -> int:
+        """Jobs claimed and not yet ended."""
+        return len(self._inflight)
 
     def request_stop(self) -> None:
         """Stop taking jobs; jobs in flight are finished (SIGTERM)."""
@@ -219,6 +226,14 @@ class Runner:
         phashes = await asyncio.to_thread(self._phashes, payload, images)
         return _done(claimed.job.id, payload, output, started, engine_start, phashes)
 
+    def _count_in_rq(self, result: JobResult) -> None:
+        # The per-worker counts `rq info` shows; RQ's own worker keeps them the same way.
+        if self._rq_worker is not None:
+            if result.state is JobState.DONE:
+                self._rq_worker.increment_successful_job_count()
+            else:
+                self._rq_worker.increment_failed_job_count()
+
     def _count_engine_call(self) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.incr(ENGINE_CALLS)
@@ -240,6 +255,7 @@ class Runner:
             try:
                 publish_result(self.redis, ending)
                 record_in_rq(self.redis, claimed.job, claimed.execution, ending.result, self.name)
+                self._count_in_rq(ending.result)
                 break
             except RedisError as exc:
                 if time.monotonic() > deadline:

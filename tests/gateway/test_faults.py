@@ -65,6 +65,15 @@ def test_sigkilled_workers_jobs_finish_on_a_restarted_worker(
     assert [r["status"] for r in results] == ["done"] * 6, results
     assert len({r["result"]["text"] for r in results}) == 6
     assert started_count(redis_client) == 0
+    # `rq info` tells the truth about the restarted worker too.
+    wait_until(lambda: _live_worker_stats(redis_client) == ("idle", 6), 10, "worker stats in RQ")
+
+
+def _live_worker_stats(redis_client: Redis) -> tuple[str, int]:
+    from rq.worker import Worker
+
+    workers = [w for w in Worker.all(connection=redis_client) if w.successful_job_count]
+    return (workers[0].get_state(), workers[0].successful_job_count) if workers else ("", 0)
 
 
 def test_sigkilled_job_without_retries_fails_cleanly_with_no_worker_alive(
