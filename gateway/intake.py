@@ -65,6 +65,8 @@ class Submission:
     params: InferParams
     sampling: SamplingParams
     images: list[bytes]
+    # How the client named the images ("image" in multipart, "images" in JSON), for error params.
+    image_field: str = "image"
 
 
 class _StrictMultiPartParser(MultiPartParser):
@@ -86,19 +88,21 @@ async def read_submission(request: Request, settings: GatewaySettings) -> Submis
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         params, images = await _from_multipart(request, settings)
+        field = "image"
     elif content_type == "application/json":
         params, images = await _from_json(request, settings)
+        field = "images"
     else:
         raise UnsupportedMediaError("unsupported_content_type",
                                     "send multipart/form-data or application/json", None)
-    return _finish(params, images, settings)
+    return _finish(params, images, settings, field)
 
 
-def _finish(params: InferParams, images: list[bytes], settings: GatewaySettings) -> Submission:
+def _finish(params: InferParams, images: list[bytes], settings: GatewaySettings, field: str) -> Submission:
     if not images:
-        raise BadRequestError("missing_image", "at least one image is required", "image")
+        raise BadRequestError("missing_image", "at least one image is required", field)
     if len(images) > settings.max_images:
-        raise BadRequestError("too_many_images", f"at most {settings.max_images} images per request", "image")
+        raise BadRequestError("too_many_images", f"at most {settings.max_images} images per request", field)
     if len(params.prompt) > settings.max_prompt_chars:
         raise UnprocessableError("prompt_too_long",
                                  f"the prompt is longer than {settings.max_prompt_chars} characters", "prompt")
@@ -108,7 +112,7 @@ def _finish(params: InferParams, images: list[bytes], settings: GatewaySettings)
                                  "max_tokens")
     sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p, max_tokens=max_tokens,
                               seed=params.seed)
-    return Submission(params=params, sampling=sampling, images=images)
+    return Submission(params=params, sampling=sampling, images=images, image_field=field)
 
 
 async def _from_multipart(request: Request, settings: GatewaySettings) -> tuple[InferParams, list[bytes]]:

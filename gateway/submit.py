@@ -106,7 +106,7 @@ async def submit(backend: Backend, submission: Submission, tenant: str,
         return Replayed(request_id=as_text(seen))
     limits = backend.image_limits
     for index, data in enumerate(submission.images):
-        sniff(data, limits, _param(index))
+        sniff(data, limits, _param(submission, index))
     digests = await run_in_threadpool(lambda: [image_digest(data) for data in submission.images])
     plan = _plan(backend, submission, tenant, digests, idem_key)
     mode = submission.params.cache
@@ -114,7 +114,7 @@ async def submit(backend: Backend, submission: Submission, tenant: str,
         hit = await _lookup_exact(backend, plan)
         if hit is not None:
             return hit
-    infos = await run_in_threadpool(_inspect_all, submission.images, backend)
+    infos = await run_in_threadpool(_inspect_all, submission, backend)
     if mode is CacheMode.NEAR:
         hit = await _lookup_near(backend, plan)
         if hit is not None:
@@ -123,8 +123,8 @@ async def submit(backend: Backend, submission: Submission, tenant: str,
     return await run_in_threadpool(_enqueue_or_attach, backend, plan, infos)
 
 
-def _param(index: int) -> str:
-    return f"image[{index}]"
+def _param(submission: Submission, index: int) -> str:
+    return f"{submission.image_field}[{index}]"
 
 
 def _plan(backend: Backend, submission: Submission, tenant: str, digests: list[str],
@@ -139,8 +139,9 @@ def _plan(backend: Backend, submission: Submission, tenant: str, digests: list[s
                  submission=submission, bucket=bucket, idem_key=idem_key)
 
 
-def _inspect_all(images: list[bytes], backend: Backend) -> list[ImageInfo]:
-    return [inspect(data, backend.image_limits, _param(index)) for index, data in enumerate(images)]
+def _inspect_all(submission: Submission, backend: Backend) -> list[ImageInfo]:
+    return [inspect(data, backend.image_limits, _param(submission, index))
+            for index, data in enumerate(submission.images)]
 
 
 async def _lookup_exact(backend: Backend, plan: _Plan) -> Answered | None:

@@ -347,12 +347,12 @@ def test_plain_text_chunk_is_bounded_by_image_bytes(client_factory: Callable[...
 def test_empty_file(client: TestClient, refused: Check) -> None:
     refused(post_form(client, text_part("prompt", "hi"), file_part(b"")), 422, "empty_image", "image[0]")
     refused(post_json(client, {"prompt": "hi", "images": ["data:image/png;base64,"]}), 422, "empty_image",
-            "image[0]")
+            "images[0]")
 
 
 def test_missing_image(client: TestClient, refused: Check) -> None:
     refused(post_form(client, text_part("prompt", "hi")), 400, "missing_image", "image")
-    refused(post_json(client, {"prompt": "hi"}), 400, "missing_image", "image")
+    refused(post_json(client, {"prompt": "hi"}), 400, "missing_image", "images")
 
 
 def test_missing_prompt(client: TestClient, refused: Check) -> None:
@@ -486,7 +486,7 @@ def test_bad_json_field(client: TestClient, refused: Check, name: str) -> None:
 
 def test_json_non_image_data_url(client: TestClient, refused: Check) -> None:
     body = {"prompt": "hi", "images": [data_url(_NOT_IMAGES["html"])]}
-    refused(post_json(client, body), 415, "unsupported_image_type", "image[0]")
+    refused(post_json(client, body), 415, "unsupported_image_type", "images[0]")
 
 
 def test_oversized_image_is_413_in_both_encodings(client_factory: Callable[..., TestClient],
