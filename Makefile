@@ -57,3 +57,12 @@ helm-test: venv
 # Regenerate the plain manifests in k8s/ from the chart.
 k8s-manifests: venv
 	$(PY) -m tests.deploy.helmtool k8s
+
+# Locust, headless and time-bounded, against a throwaway local stack on free loopback ports (real vLLM tiny
+# model; LOADTEST_ENGINE=instant for the instant test engine). Reports: loadtest/reports/vlq.html and CSVs.
+loadtest: setup
+	$(PY) -m loadtest.run_local
+
+# Every benchmark with its ratio and goal (about 5 minutes on 2 cores); results in loadtest/BENCHMARKS.md.
+bench: setup
+	$(PY) -m loadtest.bench all
