@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -124,7 +126,11 @@ def image_factory() -> Callable[..., bytes]:
 
 
 class ProcessGroup:
-    """Child processes started by a test, killed at its end whatever happens."""
+    """Child processes started by a test, killed at its end whatever happens.
+
+    Each child leads its own process group: vLLM's AsyncLLM spawns an EngineCore (and a model worker) that
+    outlive a SIGKILLed parent, so every kill here goes to the whole group, as a container's death would.
+    """
 
     def __init__(self, logdir: Path) -> None:
         self.logdir = logdir
@@ -134,7 +140,7 @@ class ProcessGroup:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         with open(self.logdir / f"{name}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own copy
             proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=log,
-                                    stderr=subprocess.STDOUT)
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
 
@@ -144,11 +150,16 @@ class ProcessGroup:
             return path.read_text(errors="replace")
         return ""
 
+    @staticmethod
+    def kill(proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the child and everything it started."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
     def stop_all(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            self.kill(proc)
 
 
 @pytest.fixture

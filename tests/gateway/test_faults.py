@@ -57,8 +57,7 @@ def test_sigkilled_workers_jobs_finish_on_a_restarted_worker(
     worker = start_worker(processes, redis_url, delay_s=30)
     urls = submit_distinct(client, image_factory, 6)
     wait_until(lambda: started_count(redis_client) == 6, 20, "six jobs in flight")
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    processes.kill(worker)
     assert client.get(urls[0]).json()["status"] == "running"  # nobody finished it yet
     start_worker(processes, redis_url, delay_s=0.05)
     results = [client.get(url + "&wait=10").json() for url in urls]
@@ -83,8 +82,7 @@ def test_sigkilled_job_without_retries_fails_cleanly_with_no_worker_alive(
     worker = start_worker(processes, redis_url, delay_s=30)
     urls = submit_distinct(client, image_factory, 3)
     wait_until(lambda: started_count(redis_client) == 3, 20, "three jobs in flight")
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    processes.kill(worker)
     results = [client.get(url + "&wait=10").json() for url in urls]
     assert [r["status"] for r in results] == ["failed"] * 3, results
     assert {r["error"]["code"] for r in results} == {"worker_lost"}
@@ -152,8 +150,7 @@ def test_gateway_sigkill_under_load_loses_no_accepted_job(
         urls = [http.post("/api/infer", data={"prompt": "q"},
                           files=[("image", ("i.png", image_factory((n, 9, 9)), "image/png"))]).json()["result_url"]
                 for n in range(6)]
-    gateway.send_signal(signal.SIGKILL)
-    gateway.wait()
+    processes.kill(gateway)
     processes.start("gateway", ["-m", "gateway"], env)
     wait_until(lambda: _ready(base), 30, "restarted gateway")
     with httpx.Client(base_url=base, timeout=30) as http:
