@@ -48,6 +48,9 @@ class WorkerSettings(BaseSettings):
     seed: int = 0
     # Upper bound on image pixels handed to the vision encoder (the processor resizes to fit).
     max_image_pixels_for_model: int = Field(default=1280 * 28 * 28, ge=1024)
+    # vLLM's processed-image cache per process, GiB (0 turns it off). Its default of 4 grew until a 24 GiB
+    # machine ran out of memory on a stream of distinct 1080p images; repeats are answered by vlq's cache.
+    mm_processor_cache_gb: float = Field(default=0.5, ge=0)
 
     @model_validator(mode="after")
     def _default_served_name(self) -> WorkerSettings:

@@ -286,6 +286,9 @@ def engine_args(settings: WorkerSettings) -> Any:
         limit_mm_per_prompt={"image": settings.limit_mm_images, "video": 0},
         # Caps visual tokens per image (32x32 px each for Qwen3-VL); the processor resizes larger images.
         mm_processor_kwargs={"size": {"longest_edge": settings.max_image_pixels_for_model}},
+        # vLLM caches processed images (4 GiB by default, held in both the front-end and the engine core);
+        # vlq's exact cache already answers repeats before they reach a worker, so that cache mostly grows.
+        mm_processor_cache_gb=settings.mm_processor_cache_gb,
         enforce_eager=settings.enforce_eager,
         seed=settings.seed,
         trust_remote_code=settings.trust_remote_code,
