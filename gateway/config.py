@@ -20,6 +20,9 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    # Threads for blocking work (image decode, sync Redis, SQLite). More than a few per core only fight over
+    # the GIL: at 64 requests in flight, 40 threads served 43 req/s where 4 served 153.
+    threads: int = Field(default=8, ge=1, le=256)
     # Must name the model the workers serve: it is part of every cache key.
     model: str = DEFAULT_MODEL
 

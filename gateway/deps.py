@@ -10,7 +10,8 @@ from gateway.auth import resolve_tenant
 from gateway.backend import Backend
 
 
-def get_backend(request: Request) -> Backend:
+async def get_backend(request: Request) -> Backend:
+    # async: a plain def dependency would cost a thread-pool hop on every request.
     backend: Backend = request.app.state.backend
     return backend
 

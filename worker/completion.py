@@ -16,6 +16,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry
 from rq.utils import now
+from rq.worker import Worker
 
 from worker.constants import (
     CACHE_PREFIX,
@@ -82,9 +83,14 @@ def publish_result(redis: Redis, ending: Ending, default_ttl_s: int = 3600) -> b
 
 
 def record_in_rq(redis: Redis, job: Job, execution: Execution | None, result: JobResult,
-                 worker_name: str) -> None:
-    """Move the job to RQ's finished or failed registry, as RQ's own worker would."""
+                 worker_name: str, rq_worker: Worker | None = None) -> None:
+    """Move the job to RQ's finished or failed registry, and count it for its worker, as RQ's own would."""
     with redis.pipeline() as pipe:
+        if rq_worker is not None:
+            if result.state is JobState.DONE:
+                rq_worker.increment_successful_job_count(pipeline=pipe)
+            else:
+                rq_worker.increment_failed_job_count(pipeline=pipe)
         if execution is not None:
             execution.delete(job, pipeline=pipe)
         else:

@@ -226,14 +226,6 @@ class Runner:
         phashes = await asyncio.to_thread(self._phashes, payload, images)
         return _done(claimed.job.id, payload, output, started, engine_start, phashes)
 
-    def _count_in_rq(self, result: JobResult) -> None:
-        # The per-worker counts `rq info` shows; RQ's own worker keeps them the same way.
-        if self._rq_worker is not None:
-            if result.state is JobState.DONE:
-                self._rq_worker.increment_successful_job_count()
-            else:
-                self._rq_worker.increment_failed_job_count()
-
     def _count_engine_call(self) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.incr(ENGINE_CALLS)
@@ -254,8 +246,8 @@ class Runner:
         while True:
             try:
                 publish_result(self.redis, ending)
-                record_in_rq(self.redis, claimed.job, claimed.execution, ending.result, self.name)
-                self._count_in_rq(ending.result)
+                record_in_rq(self.redis, claimed.job, claimed.execution, ending.result, self.name,
+                             self._rq_worker)
                 break
             except RedisError as exc:
                 if time.monotonic() > deadline:
