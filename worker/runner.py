@@ -169,13 +169,13 @@ class Runner:
             payload = InferJob.model_validate(job.kwargs.get("job"))
         except (ValidationError, TypeError):
             return _failed(job.id, None, ErrorCode.BAD_JOB, "job payload does not match the contract", started)
-        if await asyncio.to_thread(self.redis.exists, CANCEL_PREFIX + job.id):
-            return _ended(job.id, payload, JobState.CANCELED, ErrorCode.CANCELED, "the request was canceled",
-                          started)
         refusal = self._refuse(payload, job.id, started)
         if refusal is not None:
             return refusal
-        images = await asyncio.to_thread(self._load_images, payload)
+        canceled, images = await asyncio.to_thread(self._fetch_inputs, job.id, payload)
+        if canceled:
+            return _ended(job.id, payload, JobState.CANCELED, ErrorCode.CANCELED, "the request was canceled",
+                          started)
         if images is None:
             return _failed(job.id, payload, ErrorCode.IMAGE_EXPIRED,
                            "an image of this request expired before a worker took it", started)
@@ -190,19 +190,23 @@ class Runner:
                           "the request's deadline passed before a worker could start it", started)
         return None
 
-    def _load_images(self, payload: InferJob) -> list[bytes] | None:
+    def _fetch_inputs(self, job_id: str, payload: InferJob) -> tuple[bool, list[bytes] | None]:
+        """(canceled?, the images or None if one expired), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(CANCEL_PREFIX + job_id)
+            pipe.mget([IMAGE_PREFIX + ref.digest for ref in payload.images] or [IMAGE_PREFIX])
+            canceled, blobs = pipe.execute()
         if not payload.images:
-            return []
-        blobs = self.redis.mget([IMAGE_PREFIX + ref.digest for ref in payload.images])
+            return bool(canceled), []
         images = [blob for blob in blobs if isinstance(blob, bytes)]
-        return images if len(images) == len(blobs) else None
+        return bool(canceled), images if len(images) == len(blobs) else None
 
     async def _generate(self, claimed: Claimed, payload: InferJob, images: list[bytes],
                         started: float) -> Ending:
         request = EngineRequest(request_id=claimed.execution.composite_key, prompt=payload.prompt,
                                 images=images, sampling=payload.sampling)
         metrics.JOBS_INFLIGHT.inc()
-        await asyncio.to_thread(self._count_engine_call)
+        peak = len(self._inflight)
         engine_start = time.time()
         try:
             output = await asyncio.wait_for(self.engine.generate(request),
@@ -213,24 +217,30 @@ class Runner:
         except EngineError as exc:
             if self.engine.errored:
                 raise _EngineDiedError from exc
-            if await asyncio.to_thread(self.redis.exists, CANCEL_PREFIX + claimed.job.id):
+            canceled, _ = await asyncio.to_thread(self._after_engine, claimed.job.id, None, images, peak)
+            if canceled:
                 return _ended(claimed.job.id, payload, JobState.CANCELED, ErrorCode.CANCELED,
                               "the request was canceled", started)
             return _failed(claimed.job.id, payload, exc.code, exc.message, started)
         finally:
             metrics.JOBS_INFLIGHT.dec()
-        canceled = await asyncio.to_thread(self.redis.exists, CANCEL_PREFIX + claimed.job.id)
+        canceled, phashes = await asyncio.to_thread(self._after_engine, claimed.job.id, payload, images, peak)
         if canceled:
             return _ended(claimed.job.id, payload, JobState.CANCELED, ErrorCode.CANCELED,
                           "the request was canceled", started)
-        phashes = await asyncio.to_thread(self._phashes, payload, images)
         return _done(claimed.job.id, payload, output, started, engine_start, phashes)
 
-    def _count_engine_call(self) -> None:
+    def _after_engine(self, job_id: str, payload: InferJob | None, images: list[bytes],
+                      peak: int) -> tuple[bool, list[str] | None]:
+        """Count the engine call, check for a cancel and take pHashes, in one thread hop and round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(CANCEL_PREFIX + job_id)
             pipe.incr(ENGINE_CALLS)
-            pipe.eval(_MAX_LUA, 1, MAX_INFLIGHT_SEEN, len(self._inflight))
-            pipe.execute()
+            pipe.eval(_MAX_LUA, 1, MAX_INFLIGHT_SEEN, peak)
+            canceled = bool(pipe.execute()[0])
+        if canceled or payload is None:
+            return canceled, None
+        return False, self._phashes(payload, images)
 
     def _phashes(self, payload: InferJob, images: list[bytes]) -> list[str] | None:
         if self._phash is None or payload.near_bucket is None:
