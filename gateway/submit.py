@@ -120,7 +120,10 @@ async def submit(backend: Backend, submission: Submission, tenant: str,
         if hit is not None:
             return hit
     await _check_backlog(backend)
-    return await run_in_threadpool(_enqueue_or_attach, backend, plan, infos)
+    outcome = await run_in_threadpool(_enqueue_or_attach, backend, plan, infos)
+    if isinstance(outcome, _JustCached):
+        return await _answer(backend, plan, outcome.raw, "HIT-L1", near_match=False)
+    return outcome
 
 
 # BLAKE3 hashes about 10 MB/ms here: below this many bytes a thread-pool hop costs more than the hash.
@@ -206,7 +209,14 @@ async def _check_backlog(backend: Backend) -> None:
         raise UnavailableError("backlog_full", "the queue is full; retry later", None, {"Retry-After": "5"})
 
 
-def _enqueue_or_attach(backend: Backend, plan: _Plan, infos: list[ImageInfo]) -> Accepted | Replayed:
+@dataclass(frozen=True)
+class _JustCached:
+    """The identical job finished between the first cache lookup and the enqueue transaction."""
+
+    raw: bytes
+
+
+def _enqueue_or_attach(backend: Backend, plan: _Plan, infos: list[ImageInfo]) -> Accepted | Replayed | _JustCached:
     """One optimistic transaction (WATCH/MULTI): attach, or store everything and enqueue. Blocking.
 
     Watching the in-flight marker, the idempotency key and the tenant's in-flight set makes coalescing,
@@ -214,8 +224,8 @@ def _enqueue_or_attach(backend: Backend, plan: _Plan, infos: list[ImageInfo]) ->
     """
     coalesce = plan.submission.params.cache is not CacheMode.OFF
     inflight_key = INFLIGHT_PREFIX + plan.key
-    watched = [k for k in (inflight_key if coalesce else None, plan.idem_key,
-                           TENANT_INFLIGHT_PREFIX + plan.tenant) if k]
+    watched = [k for k in (inflight_key if coalesce else None, CACHE_PREFIX + plan.key if coalesce else None,
+                           plan.idem_key, TENANT_INFLIGHT_PREFIX + plan.tenant) if k]
     with backend.redis.pipeline() as pipe:
         while True:
             try:
@@ -226,10 +236,15 @@ def _enqueue_or_attach(backend: Backend, plan: _Plan, infos: list[ImageInfo]) ->
 
 
 def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, infos: list[ImageInfo],
-                       coalesce: bool) -> Accepted | Replayed:
+                       coalesce: bool) -> Accepted | Replayed | _JustCached:
     if plan.idem_key is not None and (seen := pipe.get(plan.idem_key)) is not None:
         pipe.reset()
         return Replayed(request_id=as_text(seen))
+    # The worker's finish script fills L1 and clears the in-flight marker atomically, so with both watched
+    # this sees the job running (attach), or its answer (serve it), never neither.
+    if coalesce and (cached := pipe.get(CACHE_PREFIX + plan.key)) is not None:
+        pipe.reset()
+        return _JustCached(raw=as_bytes(cached))
     existing = _live_job(pipe, INFLIGHT_PREFIX + plan.key) if coalesce else None
     if existing is not None:
         pipe.multi()

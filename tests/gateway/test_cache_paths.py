@@ -115,3 +115,26 @@ def test_failures_are_reported_and_not_cached(
     assert again.headers["x-cache"] == "MISS"
     result_of(client, again)
     assert engine.calls == 2
+
+
+def test_job_finishing_between_lookup_and_enqueue_is_served_not_rerun(
+        client: TestClient, image_factory: Callable[..., bytes], redis_client: Redis) -> None:
+    # The race: a request misses L1, then the identical job ends (L1 filled, in-flight marker cleared by one
+    # script) before this request's enqueue transaction runs. It must get that answer, not a second job.
+    import time
+
+    from cache.keys import image_digest
+    from gateway import submit as submit_module
+    from gateway.intake import InferParams, Submission
+    from worker.contract import JobResult, JobState, SamplingParams
+
+    backend = client.app.state.backend
+    image = image_factory((31, 41, 59))
+    submission = Submission(params=InferParams(prompt="q"), sampling=SamplingParams(), images=[image])
+    plan = submit_module._plan(backend, submission, "public", [image_digest(image)], None)
+    answer = JobResult(state=JobState.DONE, finished_at=time.time()).model_dump_json()
+    redis_client.set(CACHE_PREFIX + plan.key, answer)
+    outcome = submit_module._enqueue_or_attach(backend, plan, [])
+    assert isinstance(outcome, submit_module._JustCached)
+    assert outcome.raw == answer.encode()
+    assert redis_client.llen("rq:queue:vlq-infer") == 0
