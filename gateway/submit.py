@@ -219,8 +219,8 @@ class _JustCached:
 def _enqueue_or_attach(backend: Backend, plan: _Plan, infos: list[ImageInfo]) -> Accepted | Replayed | _JustCached:
     """One optimistic transaction (WATCH/MULTI): attach, or store everything and enqueue. Blocking.
 
-    Watching the in-flight marker, the idempotency key and the tenant's in-flight set makes coalescing,
-    idempotency and the quota exact however many gateway replicas race.
+    Watching the in-flight marker, the L1 entry, the idempotency key and the tenant's in-flight set makes
+    coalescing, idempotency and the quota exact however many gateway replicas race.
     """
     coalesce = plan.submission.params.cache is not CacheMode.OFF
     inflight_key = INFLIGHT_PREFIX + plan.key
