@@ -47,6 +47,7 @@ class Janitor:
         self.stale_after_s = stale_after_s
         self.interval_s = interval_s
         self._seen_popped: dict[str, float] = {}
+        self.started = StartedJobRegistry(queue.name, connection=redis, serializer=JSONSerializer)
 
     async def run(self) -> None:
         while True:
@@ -69,13 +70,12 @@ class Janitor:
         return self.sweep_expired() + self.sweep_popped()
 
     def sweep_expired(self) -> int:
-        registry = StartedJobRegistry(self.queue.name, connection=self.redis, serializer=JSONSerializer)
         now = time.time()
-        entries = self.redis.zrangebyscore(registry.key, 0, now)
+        entries = self.redis.zrangebyscore(self.started.key, 0, now)
         for entry in entries:
             job_id, execution_id = as_text(entry).split(":", 1)
             self._recover(job_id, execution_id)
-            self.redis.zrem(registry.key, as_text(entry))
+            self.redis.zrem(self.started.key, as_text(entry))
         return len(entries)
 
     def _recover(self, job_id: str, execution_id: str) -> None:
@@ -113,7 +113,7 @@ class Janitor:
 
     def sweep_popped(self) -> int:
         started = {as_text(entry).split(":", 1)[0] for entry in
-                   self.redis.zrange(StartedJobRegistry(self.queue.name, connection=self.redis).key, 0, -1)}
+                   self.redis.zrange(self.started.key, 0, -1)}
         now = time.monotonic()
         requeued = 0
         popped = [as_text(raw) for raw in self.redis.lrange(self.queue.intermediate_queue_key, 0, -1)]
@@ -131,7 +131,7 @@ class Janitor:
     def update_gauges(self) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.llen(self.queue.key)
-            pipe.zcard(StartedJobRegistry(self.queue.name, connection=self.redis).key)
+            pipe.zcard(self.started.key)
             pipe.lindex(self.queue.key, 0)
             depth, started, head = pipe.execute()
         metrics.QUEUE_DEPTH.set(depth)

@@ -36,6 +36,8 @@ class View:
     result: JobResult | None = None
     position: int | None = None
     x_cache: str | None = None
+    # The job a pending request waits on (None once it ended): waiting and canceling act on it.
+    job_id: str | None = None
 
 
 async def view(backend: Backend, request_id: str, tenant: str) -> View:
@@ -74,9 +76,9 @@ def _ended(request_id: str, state: JobState, code: ErrorCode, message: str) -> V
 async def cancel(backend: Backend, request_id: str, tenant: str) -> View:
     """Cancel a request. Its job stops (dequeued, or aborted in the engine) once no request needs it."""
     current = await view(backend, request_id, tenant)
-    if current.state.is_final:
+    if current.state.is_final or current.job_id is None:
         return current
-    job_id = as_text(await backend.aredis.hget(REQUEST_PREFIX + request_id, "job_id"))
+    job_id = current.job_id
     async with backend.aredis.pipeline(transaction=True) as pipe:
         pipe.hset(REQUEST_PREFIX + request_id, "canceled", 1)
         pipe.decr(JOB_REFS_PREFIX + job_id)
@@ -103,9 +105,8 @@ async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: f
     """Like ``view``, but wait up to ``wait_s`` for a pending request to end (no polling loop)."""
     current = await view(backend, request_id, tenant)
     deadline = time.monotonic() + wait_s
-    while not current.state.is_final and (left := deadline - time.monotonic()) > 0:
-        job_id = as_text(await backend.aredis.hget(REQUEST_PREFIX + request_id, "job_id"))
-        async with backend.waiter.watch(job_id) as ended:
+    while current.job_id is not None and (left := deadline - time.monotonic()) > 0:
+        async with backend.waiter.watch(current.job_id) as ended:
             current = await view(backend, request_id, tenant)
             if current.state.is_final:
                 break
@@ -120,9 +121,10 @@ async def _pending(backend: Backend, request_id: str, job_id: str, status: bytes
         raise GoneError("result_expired", "the result of this request has expired", "request_id")
     if status in _QUEUED:
         position = await backend.aredis.lpos(backend.queue.key, job_id)
-        return View(request_id, JobState.QUEUED, position=position if isinstance(position, int) else None)
+        return View(request_id, JobState.QUEUED, position=position if isinstance(position, int) else None,
+                    job_id=job_id)
     if status == b"started":
-        return View(request_id, JobState.RUNNING)
+        return View(request_id, JobState.RUNNING, job_id=job_id)
     # RQ ended the job without our result document (its own abandoned-job sweep did it).
     error = JobError(code=ErrorCode.WORKER_LOST, message="the worker running this request was lost")
     return View(request_id, JobState.FAILED, JobResult(state=JobState.FAILED, error=error,
