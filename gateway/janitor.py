@@ -25,7 +25,7 @@ from rq.utils import str_to_date
 
 from cache.codec import as_text
 from gateway import metrics
-from worker.completion import Ending, publish_result, record_in_rq, result_key
+from worker.completion import Ending, end_job, record_in_rq, result_key
 from worker.constants import JANITOR_LOCK
 from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState
 
@@ -106,8 +106,7 @@ class Janitor:
                          message="the worker running this request was lost and no retries are left")
         result = JobResult(state=JobState.FAILED, error=error, finished_at=time.time(),
                            model=payload.model if payload else None)
-        publish_result(self.redis, Ending(job_id=job.id, result=result, payload=payload))
-        record_in_rq(self.redis, job, execution, result, "janitor")
+        end_job(self.redis, Ending(job_id=job.id, result=result, payload=payload), job, execution, "janitor")
         metrics.JANITOR.labels(action="failed").inc()
         log.warning("job %s lost its worker; failed (no retries left)", job.id)
 

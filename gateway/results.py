@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from cache.codec import as_text
 from gateway.backend import Backend
 from gateway.errors import GoneError, NotFoundError
-from worker.completion import Ending, publish_result, record_in_rq, result_key
+from worker.completion import Ending, end_job, result_key
 from worker.constants import CANCEL_PREFIX, JOB_REFS_PREFIX, REQUEST_PREFIX
 from worker.contract import CacheMode, ErrorCode, InferJob, JobError, JobResult, JobState
 
@@ -97,8 +97,7 @@ def _stop_job(backend: Backend, job_id: str) -> None:
     payload = InferJob.model_validate(job.kwargs.get("job"))
     result = JobResult(state=JobState.CANCELED, finished_at=time.time(), model=payload.model,
                        error=JobError(code=ErrorCode.CANCELED, message="the request was canceled"))
-    publish_result(redis, Ending(job_id=job_id, result=result, payload=payload))
-    record_in_rq(redis, job, None, result, "gateway")
+    end_job(redis, Ending(job_id=job_id, result=result, payload=payload), job, None, "gateway")
 
 
 async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: float) -> View:

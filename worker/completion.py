@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry
@@ -31,6 +33,9 @@ from worker.contract import CacheMode, InferJob, JobResult, JobState
 # KEYS: result, inflight, cache, near, tenant in-flight set.
 # ARGV: job id, result json, result ttl, cache json ('' = none), cache ttl, near member ('' = none), now,
 # events channel.  Returns 1 if this call wrote the result.
+# A result document for a job whose payload could not be read lives this long.
+_DEFAULT_RESULT_TTL_S = 3600
+
 _FINISH_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
@@ -63,8 +68,30 @@ def result_key(job_id: str) -> str:
     return RESULT_PREFIX + job_id
 
 
-def publish_result(redis: Redis, ending: Ending, default_ttl_s: int = 3600) -> bool:
+def publish_result(redis: Redis, ending: Ending) -> bool:
     """Write the result document (and the cache entry for a success) unless one exists. True if written."""
+    return bool(_publish(redis, ending))
+
+
+def end_job(redis: Redis, ending: Ending, job: Job, execution: Execution | None, worker_name: str,
+            rq_worker: Worker | None = None) -> bool:
+    """Publish the result and do RQ's bookkeeping in one MULTI, so no client ever reads a result that
+    ``rq info`` still shows running. True if this call wrote the result (the first writer wins)."""
+    with redis.pipeline() as pipe:
+        _publish(pipe, ending)
+        _rq_bookkeeping(pipe, redis, job, execution, ending.result, worker_name, rq_worker)
+        return bool(pipe.execute()[0])
+
+
+def record_in_rq(redis: Redis, job: Job, execution: Execution | None, result: JobResult,
+                 worker_name: str) -> None:
+    """Only RQ's bookkeeping, for a job whose result was already written."""
+    with redis.pipeline() as pipe:
+        _rq_bookkeeping(pipe, redis, job, execution, result, worker_name, None)
+        pipe.execute()
+
+
+def _publish(client: Redis | Pipeline, ending: Ending) -> Any:
     payload = ending.payload
     cache_key = payload.cache_key if payload else ""
     cacheable = (payload is not None and ending.result.state is JobState.DONE
@@ -76,36 +103,35 @@ def publish_result(redis: Redis, ending: Ending, default_ttl_s: int = 3600) -> b
     keys = [result_key(ending.job_id), INFLIGHT_PREFIX + cache_key, CACHE_PREFIX + cache_key,
             NEAR_PREFIX + (payload.near_bucket or "") if payload else NEAR_PREFIX,
             TENANT_INFLIGHT_PREFIX + (payload.tenant if payload else "")]
-    args: list[str | int | float] = [ending.job_id, result_json, payload.result_ttl_s if payload else default_ttl_s,
-            result_json if cacheable else "", payload.cache_ttl_s if payload else 1, near_member,
-            time.time(), EVENTS_CHANNEL]
-    return bool(redis.eval(_FINISH_LUA, len(keys), *keys, *args))
+    args: list[str | int | float] = [
+        ending.job_id, result_json, payload.result_ttl_s if payload else _DEFAULT_RESULT_TTL_S,
+        result_json if cacheable else "", payload.cache_ttl_s if payload else 1, near_member, time.time(),
+        EVENTS_CHANNEL]
+    return client.eval(_FINISH_LUA, len(keys), *keys, *args)
 
 
-def record_in_rq(redis: Redis, job: Job, execution: Execution | None, result: JobResult,
-                 worker_name: str, rq_worker: Worker | None = None) -> None:
-    """Move the job to RQ's finished or failed registry, and count it for its worker, as RQ's own would."""
-    with redis.pipeline() as pipe:
-        if rq_worker is not None:
-            if result.state is JobState.DONE:
-                rq_worker.increment_successful_job_count(pipeline=pipe)
-            else:
-                rq_worker.increment_failed_job_count(pipeline=pipe)
-        if execution is not None:
-            execution.delete(job, pipeline=pipe)
-        else:
-            job.started_job_registry.remove_executions(job, pipeline=pipe)
-        job.ended_at = now()
+def _rq_bookkeeping(pipe: Pipeline, redis: Redis, job: Job, execution: Execution | None, result: JobResult,
+                    worker_name: str, rq_worker: Worker | None) -> None:
+    """Queue what RQ's own worker does when a job ends: finished/failed/canceled registry, status, counts."""
+    if rq_worker is not None:
         if result.state is JobState.DONE:
-            job._result = result.model_dump(mode="json")
-            job._handle_success(job.result_ttl or 3600, pipeline=pipe, worker_name=worker_name)
-            job.cleanup(job.result_ttl or 3600, pipeline=pipe, remove_from_queue=False)
-        elif result.state is JobState.CANCELED:
-            job.set_status(JobStatus.CANCELED, pipeline=pipe)
-            CanceledJobRegistry(job.origin, connection=redis).add(job, pipeline=pipe)
+            rq_worker.increment_successful_job_count(pipeline=pipe)
         else:
-            job.set_status(JobStatus.FAILED, pipeline=pipe)
-            message = result.error.message if result.error else result.state.value
-            code = result.error.code.value if result.error else result.state.value
-            job._handle_failure(f"{code}: {message}", pipeline=pipe, worker_name=worker_name)
-        pipe.execute()
+            rq_worker.increment_failed_job_count(pipeline=pipe)
+    if execution is not None:
+        execution.delete(job, pipeline=pipe)
+    else:
+        job.started_job_registry.remove_executions(job, pipeline=pipe)
+    job.ended_at = now()
+    if result.state is JobState.DONE:
+        job._result = result.model_dump(mode="json")
+        job._handle_success(job.result_ttl or 3600, pipeline=pipe, worker_name=worker_name)
+        job.cleanup(job.result_ttl or 3600, pipeline=pipe, remove_from_queue=False)
+    elif result.state is JobState.CANCELED:
+        job.set_status(JobStatus.CANCELED, pipeline=pipe)
+        CanceledJobRegistry(job.origin, connection=redis).add(job, pipeline=pipe)
+    else:
+        job.set_status(JobStatus.FAILED, pipeline=pipe)
+        message = result.error.message if result.error else result.state.value
+        code = result.error.code.value if result.error else result.state.value
+        job._handle_failure(f"{code}: {message}", pipeline=pipe, worker_name=worker_name)

@@ -19,7 +19,7 @@ from rq.worker import Worker
 
 from cache.near import phash_hex
 from worker import metrics
-from worker.completion import Ending, publish_result, record_in_rq
+from worker.completion import Ending, end_job
 from worker.config import WorkerSettings
 from worker.constants import CANCEL_PREFIX, ENGINE_CALLS, IMAGE_PREFIX, INFER_FUNC, MAX_INFLIGHT_SEEN
 from worker.contract import (
@@ -255,9 +255,7 @@ class Runner:
         deadline = time.monotonic() + self.settings.heartbeat_ttl_s * 4
         while True:
             try:
-                publish_result(self.redis, ending)
-                record_in_rq(self.redis, claimed.job, claimed.execution, ending.result, self.name,
-                             self._rq_worker)
+                end_job(self.redis, ending, claimed.job, claimed.execution, self.name, self._rq_worker)
                 break
             except RedisError as exc:
                 if time.monotonic() > deadline:

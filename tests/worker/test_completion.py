@@ -61,3 +61,25 @@ def test_cache_off_results_are_not_cached(redis_client: Redis) -> None:
     job = payload(CacheMode.OFF)
     assert publish_result(redis_client, Ending("job-3", done("fresh"), job)) is True
     assert redis_client.get(CACHE_PREFIX + job.cache_key) is None
+
+
+def test_end_job_writes_result_and_rq_records_together(redis_client: Redis) -> None:
+    from rq.registry import FinishedJobRegistry, StartedJobRegistry
+
+    from worker.completion import end_job
+    from worker.constants import INFER_FUNC, QUEUE_NAME
+    from worker.rqjobs import claim_next, open_queue
+
+    queue = open_queue(redis_client)
+    job = payload()
+    queue.enqueue(INFER_FUNC, job=job.model_dump(mode="json"), job_id="job-9")
+    claimed = claim_next(queue, "w1", heartbeat_ttl_s=30, timeout_s=1)
+    assert claimed is not None
+    assert StartedJobRegistry(QUEUE_NAME, connection=redis_client).count == 1
+    assert end_job(redis_client, Ending("job-9", done("answer"), job), claimed.job, claimed.execution, "w1")
+    assert StartedJobRegistry(QUEUE_NAME, connection=redis_client).count == 0
+    assert FinishedJobRegistry(QUEUE_NAME, connection=redis_client).get_job_ids() == ["job-9"]
+    assert redis_client.hget("rq:job:job-9", "status") == b"finished"
+    assert JobResult.model_validate_json(redis_client.get(result_key("job-9"))).result.text == "answer"
+    assert not end_job(redis_client, Ending("job-9", done("late"), job), claimed.job, None, "w2")
+    assert JobResult.model_validate_json(redis_client.get(result_key("job-9"))).result.text == "answer"
