@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager, suppress
 from anyio import to_thread
 from fastapi import FastAPI
 
-from gateway import errors, routes
+from gateway import errors, media_routes, routes, web
 from gateway.auth import Keyring
 from gateway.backend import connect
 from gateway.config import GatewaySettings
@@ -55,6 +55,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 await sweeping
             await backend.waiter.stop()
             await backend.aredis.aclose()
+            await backend.stream_redis.aclose()
             backend.redis.close()
             backend.l2.close()
 
@@ -63,6 +64,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.keyring = keyring
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(media_routes.router)
+    app.include_router(web.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s,
                        deadline_s=settings.body_deadline_s)
     app.add_middleware(Observe)  # outermost: every response, refusals included, gets an id and a log line

@@ -12,24 +12,33 @@ from redis.retry import Retry
 from rq.queue import Queue
 
 from cache.l2 import L2Cache
+from cache.tiers import ExactCache
 from gateway.config import GatewaySettings
 from gateway.images import ImageLimits
 from gateway.limits import WorkerPresence
 from gateway.waiter import ResultWaiter
+from worker.constants import CACHE_PREFIX, NEAR_PREFIX
 from worker.rqjobs import open_queue
+from worker.scripts import AsyncScripts, Scripts
 
 
 @dataclass
 class Backend:
-    """What routes need: settings, both Redis clients, the RQ queue, the L2 cache and the result waiter."""
+    """What routes need: settings, both Redis clients, the RQ queue, the cache tiers, the result waiter and the
+    Lua scripts."""
 
     settings: GatewaySettings
     aredis: AsyncRedis
+    # For blocking stream reads: its read timeout outlasts the longest block.
+    stream_redis: AsyncRedis
     redis: Redis
     queue: Queue
     l2: L2Cache
+    cache: ExactCache
     waiter: ResultWaiter
     presence: WorkerPresence
+    scripts: Scripts
+    ascripts: AsyncScripts
 
     @property
     def image_limits(self) -> ImageLimits:
@@ -46,6 +55,12 @@ def connect(settings: GatewaySettings) -> Backend:
                                  retry=AsyncRetry(NoBackoff(), 1))
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
                            retry=Retry(NoBackoff(), 1))
-    return Backend(settings=settings, aredis=aredis, redis=redis, queue=open_queue(redis),
-                   l2=L2Cache(settings.l2_path, settings.l2_ttl_s, settings.l2_max_bytes),
-                   waiter=ResultWaiter(settings.redis_url), presence=WorkerPresence())
+    stream_redis = AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=timeout,
+                                       socket_timeout=settings.stream_keepalive_s + timeout + 5,
+                                       retry=AsyncRetry(NoBackoff(), 1))
+    l2 = L2Cache(settings.l2_path, settings.l2_ttl_s, settings.l2_max_bytes)
+    cache = ExactCache(aredis, l2, l1_prefix=CACHE_PREFIX, near_prefix=NEAR_PREFIX, l1_ttl_s=settings.l1_ttl_s)
+    return Backend(settings=settings, aredis=aredis, stream_redis=stream_redis, redis=redis, queue=open_queue(redis),
+                   l2=l2, cache=cache,
+                   waiter=ResultWaiter(settings.redis_url, cache), presence=WorkerPresence(),
+                   scripts=Scripts(redis), ascripts=AsyncScripts(aredis))

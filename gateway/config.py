@@ -41,7 +41,12 @@ class GatewaySettings(BaseSettings):
     max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=1024)
     max_aspect_ratio: float = Field(default=100.0, ge=1.0)
+    # Characters of text in one request, all turns of a conversation together.
     max_prompt_chars: int = Field(default=16_000, ge=1)
+    max_messages: int = Field(default=64, ge=1, le=10_000)
+    # A client's JSON Schema (response_format): serialized size and nesting depth.
+    max_schema_bytes: int = Field(default=32 * 1024, ge=256)
+    max_schema_depth: int = Field(default=16, ge=2, le=64)
     # Request bodies: a larger one is refused while it streams in, a slower one when a read stalls.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     body_read_timeout_s: float = Field(default=15.0, gt=0)
@@ -66,8 +71,16 @@ class GatewaySettings(BaseSettings):
     request_ttl_s: int = Field(default=86_400, ge=60)
     max_queue_depth: int = Field(default=10_000, ge=1)
     image_ttl_s: int = Field(default=7200, ge=60)
+    # Uploaded media (POST /api/media) live this long after their last use.
+    media_ttl_s: int = Field(default=86_400, ge=60)
     job_retries: int = Field(default=2, ge=0, le=10)
     max_wait_s: float = Field(default=60.0, ge=0)
+    # Wait estimates before any worker measured its service time (seconds a job holds a slot).
+    eta_prior_service_s: float = Field(default=2.0, gt=0)
+    # A comment line on every open event stream this often, so proxies keep it open.
+    stream_keepalive_s: float = Field(default=15.0, gt=0)
+    # While a request is queued, its stream sends a fresh position and estimate this often.
+    stream_position_interval_s: float = Field(default=2.0, gt=0)
     janitor_interval_s: float = Field(default=5.0, gt=0)
     # A started job whose worker stopped heart-beating for this long is swept (retried or failed).
     stale_after_s: int = Field(default=30, ge=5)

@@ -1,6 +1,9 @@
 """Turning an HTTP request (multipart or JSON) into a validated ``Submission``.
 
-Only shape and range are checked here; image bytes get their cheap checks in ``gateway.images``.
+Only shape and range are checked here; image bytes get their cheap checks in ``gateway.images`` and media
+ids are resolved in ``gateway.submit``. JSON bodies carry a conversation (``messages``, see
+``gateway.messages``) or the older ``prompt`` + ``images``; multipart bodies carry ``image`` files and a
+``prompt``. Both become one list of contract messages with the images in their places.
 """
 
 from __future__ import annotations
@@ -10,66 +13,113 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway.config import GatewaySettings
 from gateway.errors import BadRequestError, PayloadTooLargeError, UnprocessableError, UnsupportedMediaError
-from worker.contract import CacheMode, SamplingParams
+from gateway.messages import ImageInput, Limits, MessageIn, check_text, to_conversation
+from gateway.response_format import SchemaLimits, check_schema
+from worker.contract import CacheMode, ImagePart, Message, ResponseFormat, Role, SamplingParams, TextPart
+from worker.presets import Task, preset
 
 _DATA_URL = re.compile(r"^data:(image/[a-z0-9.+-]+);base64,(.*)$", re.DOTALL)
 M = TypeVar("M", bound=BaseModel)
-_FIELDS = frozenset({"prompt", "temperature", "top_p", "max_tokens", "seed", "cache", "deadline_s"})
+_FIELDS = frozenset({"prompt", "temperature", "top_p", "max_tokens", "seed", "cache", "deadline_s", "task"})
 # Validation error types that mean "no prompt"; any other prompt error (NUL, not a string) is invalid_parameter.
 _NO_PROMPT = frozenset({"missing", "string_too_short", "prompt_empty"})
+_SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
-class InferParams(BaseModel):
-    """The non-image fields of ``POST /api/infer``."""
+class JsonSchemaIn(BaseModel):
+    """OpenAI's ``response_format.json_schema``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(default="answer", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = Field(default=None, max_length=1024)
+    json_schema: Any = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatIn(BaseModel):
+    """OpenAI's ``response_format``: text (default), any JSON object, or JSON matching a schema."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaIn | None = None
+
+    @model_validator(mode="after")
+    def _schema_when_needed(self) -> ResponseFormatIn:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only then")
+        return self
+
+
+class InferParams(BaseModel):
+    """The non-image fields of ``POST /api/infer`` (both body shapes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = Field(default=None, min_length=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     cache: CacheMode = CacheMode.EXACT
     deadline_s: float | None = Field(default=None, gt=0, le=86_400)
+    task: Task = Task.VQA
+    response_format: ResponseFormatIn | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _printable(cls, value: str) -> str:
+    def _printable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.strip():
             raise PydanticCustomError("prompt_empty", "the prompt is empty")
-        if "\x00" in value:
-            raise ValueError("the prompt contains a NUL character")
-        return value
+        return check_text(value)
 
 
 class JsonInferBody(InferParams):
-    """``POST /api/infer`` as JSON: images are base64 data URLs."""
+    """``POST /api/infer`` as JSON: ``messages``, or ``prompt`` with ``images`` as base64 data URLs."""
 
-    images: list[str] = Field(default_factory=list)
+    images: list[str] = Field(default_factory=list, max_length=1024)
+    messages: list[MessageIn] | None = Field(default=None, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> JsonInferBody:
+        if self.messages is not None and (self.prompt is not None or self.images):
+            raise ValueError("send either messages, or prompt with images, not both")
+        return self
 
 
 @dataclass(frozen=True)
 class Submission:
-    """A request that passed shape checks: parameters, sampling and the raw image bytes."""
+    """A request that passed shape checks: the conversation, its images, how to answer and sample."""
 
     params: InferParams
     sampling: SamplingParams
-    images: list[bytes]
-    # How the client named the images ("image" in multipart, "images" in JSON), for error params.
-    image_field: str = "image"
+    messages: list[Message]
+    images: list[ImageInput]
+    response_format: ResponseFormat
+
+    @property
+    def task(self) -> Task:
+        return self.params.task
+
+    def text_chars(self) -> int:
+        return sum(len(part.text) for message in self.messages for part in message.content
+                   if isinstance(part, TextPart))
 
 
-class _StrictMultiPartParser(MultiPartParser):
+class StrictMultiPartParser(MultiPartParser):
     # Starlette decodes a text field that is not valid UTF-8 as Latin-1, silently; a prompt must be
     # refused instead, so text parts are decoded strictly here.
     def on_part_end(self) -> None:
@@ -88,31 +138,64 @@ async def read_submission(request: Request, settings: GatewaySettings) -> Submis
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         params, images = await _from_multipart(request, settings)
-        field = "image"
-    elif content_type == "application/json":
-        params, images = await _from_json(request, settings)
-        field = "images"
-    else:
-        raise UnsupportedMediaError("unsupported_content_type",
-                                    "send multipart/form-data or application/json", None)
-    return _finish(params, images, settings, field)
+        return _single_turn(params, images, settings, "image")
+    if content_type == "application/json":
+        return await _from_json(request, settings)
+    raise UnsupportedMediaError("unsupported_content_type", "send multipart/form-data or application/json", None)
 
 
-def _finish(params: InferParams, images: list[bytes], settings: GatewaySettings, field: str) -> Submission:
+def _single_turn(params: InferParams, images: list[bytes], settings: GatewaySettings, field: str) -> Submission:
+    """The older shape: one user turn of images, then the prompt."""
+    if params.prompt is None:
+        raise UnprocessableError("prompt_empty", "a prompt is required", "prompt")
     if not images:
         raise BadRequestError("missing_image", "at least one image is required", field)
     if len(images) > settings.max_images:
         raise BadRequestError("too_many_images", f"at most {settings.max_images} images per request", field)
+    inputs = [ImageInput(param=f"{field}[{index}]", data=data) for index, data in enumerate(images)]
+    parts: list[TextPart | ImagePart] = [ImagePart(image=index) for index in range(len(images))]
+    parts.append(TextPart(text=params.prompt))
     if len(params.prompt) > settings.max_prompt_chars:
         raise UnprocessableError("prompt_too_long",
                                  f"the prompt is longer than {settings.max_prompt_chars} characters", "prompt")
+    return _finish(params, [Message(role=Role.USER, content=parts)], inputs, settings)
+
+
+def _finish(params: InferParams, messages: list[Message], images: list[ImageInput],
+            settings: GatewaySettings) -> Submission:
     max_tokens = params.max_tokens or settings.default_max_tokens
     if max_tokens > settings.max_tokens_limit:
         raise UnprocessableError("invalid_parameter", f"max_tokens is at most {settings.max_tokens_limit}",
                                  "max_tokens")
     sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p, max_tokens=max_tokens,
                               seed=params.seed)
-    return Submission(params=params, sampling=sampling, images=images, image_field=field)
+    response_format = _response_format(params, settings)
+    messages = _with_preset_prompt(params.task, messages)
+    return Submission(params=params, sampling=sampling, messages=messages, images=images,
+                      response_format=response_format)
+
+
+def _response_format(params: InferParams, settings: GatewaySettings) -> ResponseFormat:
+    """The client's response format if it gave one, else the task preset's."""
+    given = params.response_format
+    if given is None:
+        chosen = preset(params.task)
+        if chosen.schema is None:
+            return ResponseFormat()
+        return ResponseFormat(type="json_schema", name=chosen.schema_name, json_schema=chosen.schema)
+    if given.json_schema is None:
+        return ResponseFormat(type=given.type)
+    limits = SchemaLimits(max_bytes=settings.max_schema_bytes, max_depth=settings.max_schema_depth)
+    schema = check_schema(given.json_schema.json_schema, _SCHEMA_PARAM, limits)
+    return ResponseFormat(type="json_schema", name=given.json_schema.name, json_schema=schema)
+
+
+def _with_preset_prompt(task: Task, messages: list[Message]) -> list[Message]:
+    """The task preset's system prompt goes first unless the client wrote its own."""
+    system = preset(task).system_prompt
+    if system is None or messages[0].role is Role.SYSTEM:
+        return messages
+    return [Message(role=Role.SYSTEM, content=[TextPart(text=system)]), *messages]
 
 
 async def _from_multipart(request: Request, settings: GatewaySettings) -> tuple[InferParams, list[bytes]]:
@@ -127,13 +210,15 @@ async def _from_multipart(request: Request, settings: GatewaySettings) -> tuple[
                 fields[name] = value
             else:
                 raise BadRequestError("unexpected_field", f"unexpected or repeated field {name!r}", name)
+        if "prompt" not in fields:
+            raise UnprocessableError("prompt_empty", "a prompt is required", "prompt")
         return _params(InferParams, fields), images
     finally:
         await form.close()
 
 
 async def _parse_form(request: Request, settings: GatewaySettings) -> FormData:
-    parser = _StrictMultiPartParser(request.headers, request.stream(), max_files=settings.max_images,
+    parser = StrictMultiPartParser(request.headers, request.stream(), max_files=settings.max_images,
                                     max_fields=len(_FIELDS), max_part_size=settings.max_prompt_chars * 4 + 1024)
     try:
         return await parser.parse()
@@ -144,11 +229,10 @@ async def _parse_form(request: Request, settings: GatewaySettings) -> FormData:
 async def _read_upload(name: str, upload: UploadFile, settings: GatewaySettings) -> bytes:
     if name != "image":
         raise BadRequestError("unexpected_field", f"files go in the 'image' field, not {name!r}", name)
-    data = await upload.read(settings.max_image_bytes + 1)
-    return data
+    return await upload.read(settings.max_image_bytes + 1)
 
 
-async def _from_json(request: Request, settings: GatewaySettings) -> tuple[InferParams, list[bytes]]:
+async def _from_json(request: Request, settings: GatewaySettings) -> Submission:
     # ValueError covers bad syntax, bad UTF-8 and over-long integers; RecursionError, deep nesting.
     try:
         raw = json.loads(await request.body())
@@ -157,21 +241,28 @@ async def _from_json(request: Request, settings: GatewaySettings) -> tuple[Infer
     if not isinstance(raw, dict):
         raise BadRequestError("invalid_json", "the body must be a JSON object", None)
     body = _params(JsonInferBody, raw)
-    if len(body.images) > settings.max_images:
-        raise BadRequestError("too_many_images", f"at most {settings.max_images} images per request", "images")
-    images = [_decode_data_url(url, index, settings) for index, url in enumerate(body.images)]
-    return InferParams.model_validate(body.model_dump(exclude={"images"})), images
+    params = InferParams.model_validate(body.model_dump(exclude={"images", "messages"}, by_alias=True))
+    if body.messages is None:
+        if len(body.images) > settings.max_images:
+            raise BadRequestError("too_many_images", f"at most {settings.max_images} images per request", "images")
+        images = [decode_data_url(url, f"images[{index}]", settings.max_image_bytes)
+                  for index, url in enumerate(body.images)]
+        return _single_turn(params, images, settings, "images")
+    limits = Limits(max_messages=settings.max_messages, max_text_chars=settings.max_prompt_chars,
+                    max_images=settings.max_images)
+    messages, inputs = to_conversation(
+        body.messages, limits, lambda url, param: decode_data_url(url, param, settings.max_image_bytes))
+    return _finish(params, messages, inputs, settings)
 
 
-def _decode_data_url(url: str, index: int, settings: GatewaySettings) -> bytes:
-    param = f"images[{index}]"
+def decode_data_url(url: str, param: str, max_bytes: int) -> bytes:
+    """The bytes of a base64 ``data:image/...`` URL."""
     match = _DATA_URL.match(url)
     if match is None:
         raise UnprocessableError("invalid_image_url", "images must be base64 data URLs (data:image/...;base64,...)",
                                  param)
-    if len(match.group(2)) > (settings.max_image_bytes * 4) // 3 + 8:
-        raise PayloadTooLargeError("image_too_large", f"the image is larger than {settings.max_image_bytes} bytes",
-                                   param)
+    if len(match.group(2)) > (max_bytes * 4) // 3 + 8:
+        raise PayloadTooLargeError("image_too_large", f"the image is larger than {max_bytes} bytes", param)
     try:
         return base64.b64decode(match.group(2), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -183,6 +274,22 @@ def _params(model: type[M], fields: dict[str, Any]) -> M:
         return model.model_validate(fields)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
+        param = _param_name(first["loc"]) or None
         code = "prompt_empty" if param == "prompt" and first["type"] in _NO_PROMPT else "invalid_parameter"
         raise UnprocessableError(code, str(first["msg"]), param) from exc
+
+
+def _param_name(loc: tuple[int | str, ...]) -> str:
+    """``("messages", 2, "content", 0, "image_url", "url")`` -> ``messages[2].content[0].image_url.url``.
+
+    Pydantic adds union branch names (``str``, ``list[...]``, discriminator tags) to the location: dropped.
+    """
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif (part in ("str", "text", "image_url") and name.endswith("content")) or ("[" in part and "]" in part):
+            continue
+        else:
+            name += f".{part}" if name else part
+    return name

@@ -25,18 +25,13 @@ from rq.utils import str_to_date
 
 from cache.codec import as_text
 from gateway import metrics
+from worker import capacity
 from worker.completion import Ending, end_job, record_in_rq, result_key
 from worker.constants import JANITOR_LOCK
 from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState
+from worker.scripts import Scripts
 
 log = logging.getLogger("vlq.gateway.janitor")
-
-# Requeue a popped id only if it is still in the intermediate list, atomically.
-_REQUEUE_LUA = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[1]) return 1 end
-return 0
-"""
-
 
 class Janitor:
     """Sweeps one queue; ``sweep`` blocks (call it from a thread), ``run`` loops it from asyncio."""
@@ -48,6 +43,7 @@ class Janitor:
         self.interval_s = interval_s
         self._seen_popped: dict[str, float] = {}
         self.started = StartedJobRegistry(queue.name, connection=redis, serializer=JSONSerializer)
+        self.scripts = Scripts(redis)
 
     async def run(self) -> None:
         while True:
@@ -67,6 +63,7 @@ class Janitor:
 
     def sweep(self) -> int:
         """One pass; returns how many jobs it ended, retried or requeued."""
+        capacity.forget_lapsed(self.redis)
         return self.sweep_expired() + self.sweep_popped()
 
     def sweep_expired(self) -> int:
@@ -106,7 +103,8 @@ class Janitor:
                          message="the worker running this request was lost and no retries are left")
         result = JobResult(state=JobState.FAILED, error=error, finished_at=time.time(),
                            model=payload.model if payload else None)
-        end_job(self.redis, Ending(job_id=job.id, result=result, payload=payload), job, execution, "janitor")
+        end_job(self.redis, Ending(job_id=job.id, result=result, payload=payload), job, execution, "janitor",
+                scripts=self.scripts)
         metrics.JANITOR.labels(action="failed").inc()
         log.warning("job %s lost its worker; failed (no retries left)", job.id)
 
@@ -121,8 +119,8 @@ class Janitor:
                 continue
             first = self._seen_popped.setdefault(job_id, now)
             if now - first >= self.stale_after_s:
-                requeued += int(self.redis.eval(_REQUEUE_LUA, 2, self.queue.intermediate_queue_key,
-                                                self.queue.key, job_id))
+                requeued += int(self.scripts.requeue_popped(
+                    keys=[self.queue.intermediate_queue_key, self.queue.key], args=[job_id]))
                 self._seen_popped.pop(job_id, None)
         self._seen_popped = {k: v for k, v in self._seen_popped.items() if k in popped}
         return requeued

@@ -1,8 +1,9 @@
 """``GET /api/result`` behind the route: where a request stands, waiting for it to end if asked.
 
-State comes from our result document when the job has ended; before that from RQ's own job status, so
+State comes from the result document when the job has ended; before that from RQ's own job status, so
 ``queued``/``running`` mean what ``rq info`` says. A job RQ marked failed without our document (swept by
-RQ's own registry cleanup) reads as ``failed`` with ``worker_lost``.
+RQ's own registry cleanup) reads as ``failed`` with ``worker_lost``. The bodies built here are the ones
+every interface answers with: polls, long-polls, the stream's terminal event.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
 
-from cache.codec import as_text
+from gateway import eta, records
 from gateway.backend import Backend
 from gateway.errors import GoneError, NotFoundError
 from worker.completion import Ending, end_job, result_key
-from worker.constants import CANCEL_PREFIX, JOB_REFS_PREFIX, REQUEST_PREFIX
-from worker.contract import CacheMode, ErrorCode, InferJob, JobError, JobResult, JobState
+from worker.constants import CANCEL_PREFIX
+from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState
 
 _QUEUED = {b"queued", b"scheduled", b"deferred", b"created"}
 
@@ -34,34 +35,57 @@ class View:
     request_id: str
     state: JobState
     result: JobResult | None = None
-    position: int | None = None
-    x_cache: str | None = None
-    # The job a pending request waits on (None once it ended): waiting and canceling act on it.
+    standing: eta.Standing | None = None
+    x_cache: str = "MISS"
+    # The job a pending request waits on (None once it ended): waiting, streaming and canceling act on it.
     job_id: str | None = None
 
+    @property
+    def is_final(self) -> bool:
+        return self.result is not None and self.state.is_final
 
-async def view(backend: Backend, request_id: str, tenant: str) -> View:
+    def body(self) -> dict[str, Any]:
+        """The JSON body: the final body once ended, else status with position and estimate."""
+        if self.result is not None and self.state.is_final:
+            return final_body(self.request_id, self.result, self.x_cache)
+        body: dict[str, Any] = {"request_id": self.request_id, "status": self.state.value}
+        standing = self.standing or eta.Standing(position=None, eta_s=None, warming=False)
+        body.update(standing.body())
+        return body
+
+
+def final_body(request_id: str, result: JobResult, x_cache: str) -> dict[str, Any]:
+    """The body of an ended request (``GET /api/result`` 200, the stream's terminal event, a cache hit)."""
+    body: dict[str, Any] = {"request_id": request_id, "status": result.state.value,
+                            "cached": x_cache.startswith("HIT"), "x_cache": x_cache, "model": result.model,
+                            "timings": result.timings.model_dump()}
+    if result.result is not None:
+        body["result"] = result.result.model_dump(mode="json", by_alias=True)
+    if result.error is not None:
+        body["error"] = {"code": result.error.code, "message": result.error.message}
+    return body
+
+
+async def view(backend: Backend, request_id: str, tenant: str, with_standing: bool = True) -> View:
     """The request's current state; 404 if unknown (or another tenant's), 410 if its result expired."""
-    record = await backend.aredis.hgetall(REQUEST_PREFIX + request_id)
-    if not record or as_text(record.get(b"tenant")) != tenant:
+    stored = await records.read(backend.aredis, request_id)
+    if stored is None or stored.record.tenant != tenant:
         raise NotFoundError("request_not_found", "no such request", "request_id")
-    if b"result" in record:
-        result = JobResult.model_validate_json(record[b"result"])
-        return View(request_id, result.state, result, x_cache=as_text(record.get(b"x_cache")))
-    if b"canceled" in record:
+    record = stored.record
+    if record.result is not None:
+        return View(request_id, record.result.state, record.result, x_cache=record.x_cache)
+    if stored.canceled:
         return _ended(request_id, JobState.CANCELED, ErrorCode.CANCELED, "the request was canceled")
-    job_id = as_text(record.get(b"job_id"))
+    job_id = record.job_id or ""
     async with backend.aredis.pipeline(transaction=False) as pipe:
         pipe.get(result_key(job_id))
         pipe.hget(Job.key_for(job_id), "status")
         raw, status = await pipe.execute()
     if raw is not None:
         result = JobResult.model_validate_json(raw)
-        await _fill_l2(backend, request_id, record, raw, result)
-        return View(request_id, result.state, result, x_cache="MISS")
-    current = await _pending(backend, request_id, job_id, status)
-    deadline = float(as_text(record.get(b"deadline_at")) or "inf")
-    if current.state is JobState.QUEUED and time.time() > deadline:
+        return View(request_id, result.state, result, x_cache=record.x_cache)
+    current = await _pending(backend, request_id, job_id, status, record.x_cache, with_standing)
+    if current.state is JobState.QUEUED and time.time() > (record.deadline_at or float("inf")):
         # The worker that pops it will end it expired; the client need not wait for that.
         return _ended(request_id, JobState.EXPIRED, ErrorCode.DEADLINE_EXCEEDED,
                       "the request's deadline passed before a worker could start it")
@@ -75,16 +99,11 @@ def _ended(request_id: str, state: JobState, code: ErrorCode, message: str) -> V
 
 async def cancel(backend: Backend, request_id: str, tenant: str) -> View:
     """Cancel a request. Its job stops (dequeued, or aborted in the engine) once no request needs it."""
-    current = await view(backend, request_id, tenant)
+    current = await view(backend, request_id, tenant, with_standing=False)
     if current.state.is_final or current.job_id is None:
         return current
-    job_id = current.job_id
-    async with backend.aredis.pipeline(transaction=True) as pipe:
-        pipe.hset(REQUEST_PREFIX + request_id, "canceled", 1)
-        pipe.decr(JOB_REFS_PREFIX + job_id)
-        _, refs = await pipe.execute()
-    if int(refs) <= 0:
-        await run_in_threadpool(_stop_job, backend, job_id)
+    if await records.cancel(backend.aredis, request_id, current.job_id) <= 0:
+        await run_in_threadpool(_stop_job, backend, current.job_id)
     return await view(backend, request_id, tenant)
 
 
@@ -97,46 +116,37 @@ def _stop_job(backend: Backend, job_id: str) -> None:
     payload = InferJob.model_validate(job.kwargs.get("job"))
     result = JobResult(state=JobState.CANCELED, finished_at=time.time(), model=payload.model,
                        error=JobError(code=ErrorCode.CANCELED, message="the request was canceled"))
-    end_job(redis, Ending(job_id=job_id, result=result, payload=payload), job, None, "gateway")
+    end_job(redis, Ending(job_id=job_id, result=result, payload=payload), job, None, "gateway",
+            scripts=backend.scripts)
 
 
 async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: float) -> View:
     """Like ``view``, but wait up to ``wait_s`` for a pending request to end (no polling loop)."""
-    current = await view(backend, request_id, tenant)
+    current = await view(backend, request_id, tenant, with_standing=False)
     deadline = time.monotonic() + wait_s
     while current.job_id is not None and (left := deadline - time.monotonic()) > 0:
         async with backend.waiter.watch(current.job_id) as ended:
-            current = await view(backend, request_id, tenant)
+            current = await view(backend, request_id, tenant, with_standing=False)
             if current.state.is_final:
                 break
             with suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), timeout=left)
-        current = await view(backend, request_id, tenant)
+        current = await view(backend, request_id, tenant, with_standing=False)
+    if current.state is JobState.QUEUED and current.job_id is not None:
+        return await view(backend, request_id, tenant)
     return current
 
 
-async def _pending(backend: Backend, request_id: str, job_id: str, status: bytes | None) -> View:
+async def _pending(backend: Backend, request_id: str, job_id: str, status: bytes | None, x_cache: str,
+                   with_standing: bool) -> View:
     if status is None:
         raise GoneError("result_expired", "the result of this request has expired", "request_id")
     if status in _QUEUED:
-        position = await backend.aredis.lpos(backend.queue.key, job_id)
-        return View(request_id, JobState.QUEUED, position=position if isinstance(position, int) else None,
-                    job_id=job_id)
+        standing = await eta.for_job(backend, job_id) if with_standing else None
+        return View(request_id, JobState.QUEUED, standing=standing, x_cache=x_cache, job_id=job_id)
     if status == b"started":
-        return View(request_id, JobState.RUNNING, job_id=job_id)
+        return View(request_id, JobState.RUNNING, x_cache=x_cache, job_id=job_id)
     # RQ ended the job without our result document (its own abandoned-job sweep did it).
     error = JobError(code=ErrorCode.WORKER_LOST, message="the worker running this request was lost")
     return View(request_id, JobState.FAILED, JobResult(state=JobState.FAILED, error=error,
-                                                       finished_at=time.time()))
-
-
-async def _fill_l2(backend: Backend, request_id: str, record: dict[Any, Any], raw: bytes,
-                   result: JobResult) -> None:
-    # Workers cannot reach a gateway's local SQLite; the gateway that hands out a fresh answer keeps it.
-    if result.state is not JobState.DONE or as_text(record.get(b"cache_mode")) in ("", CacheMode.OFF.value):
-        return
-    key = as_text(record.get(b"cache_key"))
-    # Once per request, not on every poll of it.
-    if await backend.aredis.hsetnx(REQUEST_PREFIX + request_id, "l2_filled", 1):
-        bucket = as_text(record.get(b"near_bucket")) or None
-        await run_in_threadpool(backend.l2.put, key, raw, bucket, result.phashes)
+                                                       finished_at=time.time()), x_cache=x_cache)

@@ -1,4 +1,4 @@
-"""The HTTP API: submit, poll (and long-poll), health, readiness and metrics."""
+"""The HTTP API: submit, poll (and long-poll), stream, cancel, health, readiness and metrics."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from gateway import metrics
+from gateway import eta, metrics
+from gateway.backend import Backend
 from gateway.deps import BackendDep, TenantDep
 from gateway.errors import BadRequestError, UnavailableError
 from gateway.intake import read_submission
 from gateway.limits import check_rate
-from gateway.results import View, cancel, view, wait_for_end
+from gateway.results import View, cancel, final_body, view, wait_for_end
+from gateway.streams import open_stream
 from gateway.submit import Accepted, Answered, Replayed, idempotency_key, submit
-from worker.contract import JobResult, JobState
+from worker.contract import JobState
 
 router = APIRouter()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -33,12 +35,24 @@ _INFER_BODY: dict[str, Any] = {
                     "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                     "max_tokens": {"type": "integer", "minimum": 1}, "seed": {"type": "integer", "minimum": 0},
                     "cache": {"type": "string", "enum": ["exact", "near", "off"]},
-                    "deadline_s": {"type": "number", "exclusiveMinimum": 0}}}},
+                    "deadline_s": {"type": "number", "exclusiveMinimum": 0},
+                    "task": {"type": "string", "enum": ["vqa", "ocr", "gui"]}}}},
             "application/json": {"schema": {
-                "type": "object", "required": ["images", "prompt"],
-                "properties": {"images": {"type": "array", "items": {"type": "string"},
-                                          "description": "base64 data URLs: data:image/png;base64,..."},
-                               "prompt": {"type": "string"}}}},
+                "type": "object",
+                "properties": {
+                    "messages": {"type": "array", "description": (
+                        "The conversation (OpenAI's shape): {role: system|user|assistant, content: text or "
+                        "[{type: text, text}, {type: image_url, image_url: {url: data:... or "
+                        "vlq://media/<id>}}]}. The last turn is the user's.")},
+                    "task": {"type": "string", "enum": ["vqa", "ocr", "gui"]},
+                    "response_format": {"type": "object", "description": (
+                        "{type: text} | {type: json_object} | {type: json_schema, json_schema: {name, schema}}")},
+                    "images": {"type": "array", "items": {"type": "string"},
+                               "description": "Older shape, with prompt: base64 data URLs"},
+                    "prompt": {"type": "string"}, "temperature": {"type": "number"}, "top_p": {"type": "number"},
+                    "max_tokens": {"type": "integer"}, "seed": {"type": "integer"},
+                    "cache": {"type": "string", "enum": ["exact", "near", "off"]},
+                    "deadline_s": {"type": "number"}}}},
         },
     }
 }
@@ -62,20 +76,20 @@ async def infer(request: Request, backend: BackendDep, tenant: TenantDep,
     submission = await read_submission(request, backend.settings)
     outcome = await submit(backend, submission, tenant, idem_key)
     if isinstance(outcome, Replayed):
-        replay = _view_response(await view(backend, outcome.request_id, tenant))
-        replay.headers["X-Cache"] = outcome.x_cache
-        return replay
+        current = await view(backend, outcome.request_id, tenant)
+        return JSONResponse(current.body(), status_code=200 if current.is_final else 202,
+                            headers={"X-Cache": outcome.x_cache})
     request.state.log.update({"request": outcome.request_id, "x_cache": outcome.x_cache,
                               "images": [d[:16] for d in outcome.digests],
-                              "image_bytes": [len(image) for image in submission.images],
-                              "prompt_chars": len(submission.params.prompt)})
+                              "image_bytes": [len(image.data or b"") for image in submission.images],
+                              "messages": len(submission.messages), "prompt_chars": submission.text_chars()})
     headers = {"X-Cache": outcome.x_cache}
     if isinstance(outcome, Answered):
         if outcome.near_match:
             headers["X-Cache-Match"] = "near"
-        body = _final_body(outcome.request_id, outcome.result, cached=True)
+        body = final_body(outcome.request_id, outcome.result, outcome.x_cache)
         return JSONResponse(body, status_code=200, headers=headers)
-    return _accepted(outcome, headers)
+    return await _accepted(backend, outcome, headers)
 
 
 def _idempotency(header: str | None, tenant: str) -> str | None:
@@ -87,10 +101,14 @@ def _idempotency(header: str | None, tenant: str) -> str | None:
     return idempotency_key(tenant, header)
 
 
-def _accepted(outcome: Accepted, headers: dict[str, str]) -> JSONResponse:
+async def _accepted(backend: Backend, outcome: Accepted, headers: dict[str, str]) -> JSONResponse:
     url = f"/api/result?request_id={outcome.request_id}"
-    body = {"request_id": outcome.request_id, "status": JobState.QUEUED.value, "result_url": url,
-            "cached": False}
+    # A new job's position is exact as of its enqueue (a worker may have taken it since); an attached
+    # request gets its job's position now.
+    standing = outcome.standing or await eta.for_job(backend, outcome.job_id)
+    body: dict[str, Any] = {"request_id": outcome.request_id, "status": JobState.QUEUED.value, **standing.body(),
+                            "result_url": url, "stream_url": f"/api/stream?request_id={outcome.request_id}",
+                            "cached": False, "x_cache": outcome.x_cache}
     return JSONResponse(body, status_code=202, headers={**headers, "Location": url})
 
 
@@ -128,21 +146,38 @@ def _check_request_id(request_id: str) -> None:
 
 
 def _view_response(current: View) -> JSONResponse:
-    if current.result is not None and current.state.is_final:
-        body = _final_body(current.request_id, current.result, cached=(current.x_cache or "MISS") != "MISS")
-        return JSONResponse(body, status_code=200)
-    body = {"request_id": current.request_id, "status": current.state.value, "position": current.position}
-    return JSONResponse(body, status_code=202)
+    return JSONResponse(current.body(), status_code=200 if current.is_final else 202)
 
 
-def _final_body(request_id: str, result: JobResult, cached: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"request_id": request_id, "status": result.state.value, "cached": cached,
-                            "model": result.model, "timings": result.timings.model_dump()}
-    if result.result is not None:
-        body["result"] = result.result.model_dump()
-    if result.error is not None:
-        body["error"] = {"code": result.error.code.value, "message": result.error.message}
-    return body
+@router.get("/api/stream", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "The request's events: queued, running, delta..., then one of "
+                                            "done, failed, canceled, expired"},
+                       404: {"description": "Unknown request id"}})
+async def stream(request: Request, backend: BackendDep, tenant: TenantDep, request_id: str,
+                 last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    """Follow a request as Server-Sent Events.
+
+    Replays the job's events from the start, then follows them, and ends after the terminal event (whose
+    data is the body ``GET /api/result`` answers with). ``Last-Event-ID: n`` resumes exactly after event n.
+    Events without an id are live updates (a fresh queue position) that need no resuming; a comment line
+    keeps the connection open every 15 s.
+    """
+    _check_request_id(request_id)
+    request.state.log["request"] = request_id
+    after = _last_event_id(last_event_id)
+    frames = await open_stream(backend, request_id, tenant, after)
+    return StreamingResponse(frames, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _last_event_id(header: str | None) -> int:
+    if header is None or header == "":
+        return 0
+    if not header.isdigit() or len(header) > 12:
+        raise BadRequestError("invalid_last_event_id", "Last-Event-ID is the number of an event of this stream",
+                              "Last-Event-ID")
+    return int(header)
 
 
 @router.get("/healthz")

@@ -1,50 +1,53 @@
 """``POST /api/infer`` behind the route: cache tiers, validation on a miss, then claim-or-attach.
 
 Order matters for cost and for safety:
-1. cheap checks (size, magic bytes) and a hash of the uploaded bytes — no decode;
+1. cheap checks (size, magic bytes) and a hash of each inline image's bytes — no decode; media ids are
+   resolved (tenant-bound, TTL refreshed) to the digest and metadata checked at upload;
 2. exact lookups, L1 (Redis) then L2 (SQLite, promoted to L1 on a hit): a repeat costs no decode, and
    only images that were validated and answered before can be in the cache;
-3. full validation (decode, pixel cap, animation, corruption) — a refused request writes nothing;
-4. for ``cache=near``, pHashes and a near-duplicate lookup;
+3. full validation of inline images (decode, pixel cap, animation, corruption) — a refused request
+   writes nothing;
+4. for ``cache=near``, pHashes (taken once, here, and carried in the job) and a near-duplicate lookup;
 5. one Redis transaction that either attaches to the job already queued/running for this key (coalescing)
-   or stores the images, the request record, the in-flight marker and the RQ job together.
+   or stores the images, the request record, the job's first stream event, the in-flight marker and the RQ
+   job together.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from redis.client import Pipeline
 from redis.exceptions import WatchError
-from redis.typing import EncodableT, FieldT
 from rq.job import Job, Retry
 from starlette.concurrency import run_in_threadpool
 
 from cache import near
 from cache.codec import as_bytes, as_text
 from cache.keys import cache_key, image_digest, near_bucket
-from gateway import metrics
+from cache.tiers import Hit
+from gateway import eta, media, metrics, records
 from gateway.backend import Backend
 from gateway.errors import TooManyRequestsError, UnavailableError
-from gateway.images import ImageInfo, inspect, sniff
+from gateway.images import inspect, sniff
 from gateway.intake import Submission
-from worker.constants import (
-    CACHE_PREFIX,
-    IDEMPOTENCY_PREFIX,
-    IMAGE_PREFIX,
-    INFER_FUNC,
-    INFLIGHT_PREFIX,
-    JOB_REFS_PREFIX,
-    NEAR_PREFIX,
-    REQUEST_PREFIX,
-    TENANT_INFLIGHT_PREFIX,
+from gateway.messages import ImageInput
+from worker import events
+from worker.constants import IDEMPOTENCY_PREFIX, INFER_FUNC, INFLIGHT_PREFIX, TENANT_INFLIGHT_PREFIX
+from worker.contract import (
+    CONTRACT_VERSION,
+    CacheMode,
+    ImagePart,
+    ImageRef,
+    InferJob,
+    JobResult,
+    RequestRecord,
 )
-from worker.contract import CacheMode, ImageRef, InferJob, JobResult
 
 _PENDING_RQ_STATES = (b"queued", b"started", b"scheduled", b"deferred")
 
@@ -68,6 +71,8 @@ class Accepted:
     job_id: str
     x_cache: str
     digests: list[str]
+    # Where a new job stood when it was enqueued (None for one attached to a job already in flight).
+    standing: eta.Standing | None = None
 
 
 @dataclass(frozen=True)
@@ -78,15 +83,29 @@ class Replayed:
     x_cache: str = "IDEMPOTENT"
 
 
+@dataclass
+class _Image:
+    """One image of the request once its digest is known; ``ref`` once its metadata is."""
+
+    source: ImageInput
+    digest: str
+    data: bytes | None = None
+    ref: ImageRef | None = None
+
+
 @dataclass(frozen=True)
 class _Plan:
     request_id: str
     tenant: str
     key: str
-    digests: list[str]
+    bucket: str
+    images: list[_Image]
     submission: Submission
-    bucket: str | None
     idem_key: str | None
+
+    @property
+    def digests(self) -> list[str]:
+        return [image.digest for image in self.images]
 
 
 def idempotency_key(tenant: str, header: str) -> str:
@@ -104,109 +123,97 @@ async def submit(backend: Backend, submission: Submission, tenant: str,
     """Answer from cache, attach to an identical job in flight, or enqueue a new job."""
     if idem_key is not None and (seen := await backend.aredis.get(idem_key)) is not None:
         return Replayed(request_id=as_text(seen))
-    limits = backend.image_limits
-    for index, data in enumerate(submission.images):
-        sniff(data, limits, _param(submission, index))
-    digests = await _digests(submission.images)
-    plan = _plan(backend, submission, tenant, digests, idem_key)
+    images = await _images(backend, submission, tenant)
+    plan = _plan(backend, submission, tenant, images, idem_key)
     mode = submission.params.cache
-    if mode is not CacheMode.OFF:
-        hit = await _lookup_exact(backend, plan)
-        if hit is not None:
-            return hit
-    infos = await run_in_threadpool(_inspect_all, submission, backend)
+    if mode is not CacheMode.OFF and (hit := await backend.cache.lookup(plan.key)) is not None:
+        return await _answer(backend, plan, hit)
+    await run_in_threadpool(_inspect_inline, plan, backend)
+    phashes = None
     if mode is CacheMode.NEAR:
-        hit = await _lookup_near(backend, plan)
+        phashes = await _phashes(backend, plan)
+        hit = await backend.cache.lookup_near(plan.bucket, phashes, backend.settings.near_max_distance)
         if hit is not None:
-            return hit
-    await _check_backlog(backend)
-    outcome = await run_in_threadpool(_enqueue_or_attach, backend, plan, infos)
+            return await _answer(backend, plan, hit)
+    depth, standing = await eta.for_new_job(backend)
+    if depth >= backend.settings.max_queue_depth:
+        raise UnavailableError("backlog_full", "the queue is full; retry later", None, {"Retry-After": "5"})
+    outcome = await run_in_threadpool(_enqueue_or_attach, backend, plan, phashes, standing)
     if isinstance(outcome, _JustCached):
-        return await _answer(backend, plan, outcome.raw, "HIT-L1", near_match=False)
+        return await _answer(backend, plan, Hit(outcome.raw, "HIT-L1"))
     return outcome
 
 
-# BLAKE3 hashes about 10 MB/ms here: below this many bytes a thread-pool hop costs more than the hash.
-_INLINE_HASH_BYTES = 1 << 20
+async def _images(backend: Backend, submission: Submission, tenant: str) -> list[_Image]:
+    """Digests of inline images (after their cheap checks) and resolved media ids, in order."""
+    found: list[_Image] = []
+    for source in submission.images:
+        if source.data is not None:
+            sniff(source.data, backend.image_limits, source.param)
+            found.append(_Image(source=source, digest="", data=source.data))
+        else:
+            item = await media.resolve(backend, tenant, str(source.media_id), source.param)
+            found.append(_Image(source=source, digest=item.record.digest, ref=item.image_ref()))
+    inline = [image for image in found if image.data is not None]
+    # BLAKE3 hashes about 10 MB/ms here: below a megabyte a thread-pool hop costs more than the hash.
+    if sum(len(image.data or b"") for image in inline) <= 1 << 20:
+        digests = [image_digest(image.data or b"") for image in inline]
+    else:
+        digests = await run_in_threadpool(lambda: [image_digest(image.data or b"") for image in inline])
+    for image, digest in zip(inline, digests, strict=True):
+        image.digest = digest
+    return found
 
 
-async def _digests(images: list[bytes]) -> list[str]:
-    if sum(len(data) for data in images) <= _INLINE_HASH_BYTES:
-        return [image_digest(data) for data in images]
-    return await run_in_threadpool(lambda: [image_digest(data) for data in images])
-
-
-def _param(submission: Submission, index: int) -> str:
-    return f"{submission.image_field}[{index}]"
-
-
-def _plan(backend: Backend, submission: Submission, tenant: str, digests: list[str],
+def _plan(backend: Backend, submission: Submission, tenant: str, images: list[_Image],
           idem_key: str | None) -> _Plan:
     settings = backend.settings
-    scope = "shared" if settings.shared_cache else f"tenant:{tenant}"
-    common = {"scope": scope, "model": settings.model, "prompt": submission.params.prompt,
-              "sampling": submission.sampling}
-    key = cache_key(image_digests=digests, **common)  # type: ignore[arg-type]
-    bucket = near_bucket(image_count=len(digests), **common)  # type: ignore[arg-type]
-    return _Plan(request_id=new_request_id(), tenant=tenant, key=key, digests=digests,
-                 submission=submission, bucket=bucket, idem_key=idem_key)
+    conversation = [{"role": message.role.value,
+                     "content": [{"type": "image", "digest": images[part.image].digest}
+                                 if isinstance(part, ImagePart) else {"type": "text", "text": part.text}
+                                 for part in message.content]}
+                    for message in submission.messages]
+    common: dict[str, Any] = {
+        "scope": "shared" if settings.shared_cache else f"tenant:{tenant}", "model": settings.model,
+        "conversation": conversation, "task": submission.task.value,
+        "response_format": submission.response_format.model_dump(mode="json"),
+        "sampling": submission.sampling.model_dump(mode="json")}
+    return _Plan(request_id=new_request_id(), tenant=tenant, key=cache_key(**common), bucket=near_bucket(**common),
+                 images=images, submission=submission, idem_key=idem_key)
 
 
-def _inspect_all(submission: Submission, backend: Backend) -> list[ImageInfo]:
-    return [inspect(data, backend.image_limits, _param(submission, index))
-            for index, data in enumerate(submission.images)]
+def _inspect_inline(plan: _Plan, backend: Backend) -> None:
+    """Decode every inline image fully (media were checked at upload). Blocking: run in a thread."""
+    for image in plan.images:
+        if image.data is not None and image.ref is None:
+            info = inspect(image.data, backend.image_limits, image.source.param)
+            image.ref = ImageRef(digest=image.digest, media_type=info.media_type, size=len(image.data),
+                                 width=info.width, height=info.height)
 
 
-async def _lookup_exact(backend: Backend, plan: _Plan) -> Answered | None:
-    raw = await backend.aredis.get(CACHE_PREFIX + plan.key)
-    tier = "HIT-L1"
-    if raw is None:
-        raw = await run_in_threadpool(backend.l2.get, plan.key)
-        tier = "HIT-L2"
-        if raw is not None:
-            await backend.aredis.set(CACHE_PREFIX + plan.key, raw, ex=backend.settings.l1_ttl_s)
-    if raw is None:
-        return None
-    return await _answer(backend, plan, as_bytes(raw), tier, near_match=False)
+async def _phashes(backend: Backend, plan: _Plan) -> list[str]:
+    datas = []
+    for image in plan.images:
+        data = image.data
+        if data is None:
+            data = as_bytes(await backend.aredis.get(media.blob_key(image.digest)) or b"")
+        datas.append(data)
+    return await run_in_threadpool(lambda: [near.phash_hex(data) for data in datas])
 
 
-async def _lookup_near(backend: Backend, plan: _Plan) -> Answered | None:
-    phashes = await run_in_threadpool(lambda: [near.phash_hex(data) for data in plan.submission.images])
-    limit = backend.settings.near_max_distance
-    members = await backend.aredis.zrevrange(NEAR_PREFIX + str(plan.bucket), 0, 255)
-    for member in members:
-        entry = json.loads(as_text(member))
-        if near.within(entry["p"], phashes, limit):
-            raw = await backend.aredis.get(CACHE_PREFIX + entry["k"])
-            if raw is not None:
-                return await _answer(backend, plan, as_bytes(raw), "HIT-L1", near_match=True)
-    found = await run_in_threadpool(backend.l2.near, str(plan.bucket), phashes, limit)
-    if found is None:
-        return None
-    return await _answer(backend, plan, found[1], "HIT-L2", near_match=True)
-
-
-async def _answer(backend: Backend, plan: _Plan, raw: bytes, tier: str, near_match: bool) -> Answered:
-    result = JobResult.model_validate_json(raw)
-    # The request id of a cache hit can be polled like any other.
-    record: dict[FieldT, EncodableT] = {"tenant": plan.tenant, "created_at": time.time(), "result": raw,
-                                        "x_cache": tier}
-    key = REQUEST_PREFIX + plan.request_id
+async def _answer(backend: Backend, plan: _Plan, hit: Hit) -> Answered:
+    result = JobResult.model_validate_json(hit.raw)
+    # The request id of a cache hit can be polled (and streamed) like any other.
+    record = RequestRecord(tenant=plan.tenant, created_at=time.time(), x_cache=hit.tier, result=result,
+                           cache_key=plan.key, cache_mode=plan.submission.params.cache)
     async with backend.aredis.pipeline(transaction=True) as pipe:
-        pipe.hset(key, mapping=record)
-        pipe.expire(key, backend.settings.result_ttl_s)
+        records.write(pipe, plan.request_id, record, backend.settings.result_ttl_s)
         if plan.idem_key is not None:
             pipe.set(plan.idem_key, plan.request_id, nx=True, ex=backend.settings.result_ttl_s)
         await pipe.execute()
-    metrics.CACHE_HITS.labels(tier="near" if near_match else tier.removeprefix("HIT-").lower()).inc()
-    return Answered(request_id=plan.request_id, result=result, x_cache=tier, digests=plan.digests,
-                    near_match=near_match)
-
-
-async def _check_backlog(backend: Backend) -> None:
-    depth = await backend.aredis.llen(backend.queue.key)
-    if depth >= backend.settings.max_queue_depth:
-        raise UnavailableError("backlog_full", "the queue is full; retry later", None, {"Retry-After": "5"})
+    metrics.CACHE_HITS.labels(tier="near" if hit.near else hit.tier.removeprefix("HIT-").lower()).inc()
+    return Answered(request_id=plan.request_id, result=result, x_cache=hit.tier, digests=plan.digests,
+                    near_match=hit.near)
 
 
 @dataclass(frozen=True)
@@ -216,7 +223,8 @@ class _JustCached:
     raw: bytes
 
 
-def _enqueue_or_attach(backend: Backend, plan: _Plan, infos: list[ImageInfo]) -> Accepted | Replayed | _JustCached:
+def _enqueue_or_attach(backend: Backend, plan: _Plan, phashes: list[str] | None,
+                       standing: eta.Standing) -> Accepted | Replayed | _JustCached:
     """One optimistic transaction (WATCH/MULTI): attach, or store everything and enqueue. Blocking.
 
     Watching the in-flight marker, the L1 entry, the idempotency key and the tenant's in-flight set makes
@@ -224,39 +232,41 @@ def _enqueue_or_attach(backend: Backend, plan: _Plan, infos: list[ImageInfo]) ->
     """
     coalesce = plan.submission.params.cache is not CacheMode.OFF
     inflight_key = INFLIGHT_PREFIX + plan.key
-    watched = [k for k in (inflight_key if coalesce else None, CACHE_PREFIX + plan.key if coalesce else None,
+    l1_key = backend.cache.l1_key(plan.key)
+    watched = [k for k in (inflight_key if coalesce else None, l1_key if coalesce else None,
                            plan.idem_key, TENANT_INFLIGHT_PREFIX + plan.tenant) if k]
     with backend.redis.pipeline() as pipe:
         while True:
             try:
                 pipe.watch(*watched)  # type: ignore[no-untyped-call]
-                return _attach_or_enqueue(pipe, backend, plan, infos, coalesce)
+                return _attach_or_enqueue(pipe, backend, plan, coalesce, phashes, standing)
             except WatchError:
                 continue
 
 
-def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, infos: list[ImageInfo],
-                       coalesce: bool) -> Accepted | Replayed | _JustCached:
+def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, coalesce: bool, phashes: list[str] | None,
+                       standing: eta.Standing) -> Accepted | Replayed | _JustCached:
     if plan.idem_key is not None and (seen := pipe.get(plan.idem_key)) is not None:
         pipe.reset()
         return Replayed(request_id=as_text(seen))
     # The worker's finish script fills L1 and clears the in-flight marker atomically, so with both watched
     # this sees the job running (attach), or its answer (serve it), never neither.
-    if coalesce and (cached := pipe.get(CACHE_PREFIX + plan.key)) is not None:
+    if coalesce and (cached := pipe.get(backend.cache.l1_key(plan.key))) is not None:
         pipe.reset()
         return _JustCached(raw=as_bytes(cached))
     existing = _live_job(pipe, INFLIGHT_PREFIX + plan.key) if coalesce else None
     if existing is not None:
         pipe.multi()
-        _record(pipe, backend, plan, existing)
-        pipe.incr(JOB_REFS_PREFIX + existing)
+        _record(pipe, backend, plan, existing, "COALESCED")
+        records.attach(pipe, existing, plan.request_id)
         pipe.execute()
         metrics.COALESCED.inc()
         return Accepted(request_id=plan.request_id, job_id=existing, x_cache="COALESCED", digests=plan.digests)
     _check_quota(pipe, backend, plan.tenant)
-    job_id = _enqueue(pipe, backend, plan, infos, coalesce)
+    job_id = _enqueue(pipe, backend, plan, coalesce, phashes, standing)
     metrics.CACHE_MISSES.inc()
-    return Accepted(request_id=plan.request_id, job_id=job_id, x_cache="MISS", digests=plan.digests)
+    return Accepted(request_id=plan.request_id, job_id=job_id, x_cache="MISS", digests=plan.digests,
+                    standing=standing)
 
 
 def _check_quota(pipe: Pipeline, backend: Backend, tenant: str) -> None:
@@ -276,22 +286,20 @@ def _live_job(pipe: Pipeline, inflight_key: str) -> str | None:
     return job_id if status in _PENDING_RQ_STATES else None
 
 
-def _enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, infos: list[ImageInfo], coalesce: bool) -> str:
+def _enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, coalesce: bool, phashes: list[str] | None,
+             standing: eta.Standing) -> str:
     settings = backend.settings
     job_id = uuid.uuid4().hex
-    with backend.redis.pipeline(transaction=False) as probe:
-        for digest in plan.digests:
-            probe.exists(IMAGE_PREFIX + digest)
-        stored = [bool(count) for count in probe.execute()]
-    job = _make_job(backend, plan, infos, job_id)
+    job = _make_job(backend, plan, job_id, phashes)
     pipe.multi()
-    for digest, data, present in zip(plan.digests, plan.submission.images, stored, strict=True):
-        if present:
-            pipe.expire(IMAGE_PREFIX + digest, settings.image_ttl_s)
+    for image in plan.images:
+        if image.data is not None:
+            media.keep_bytes(pipe, backend.scripts, image.digest, image.data, settings.image_ttl_s)
         else:
-            pipe.set(IMAGE_PREFIX + digest, data, ex=settings.image_ttl_s)
-    _record(pipe, backend, plan, job_id)
-    pipe.set(JOB_REFS_PREFIX + job_id, 1, ex=settings.request_ttl_s)
+            media.touch_bytes(pipe, image.digest, settings.image_ttl_s)
+    _record(pipe, backend, plan, job_id, "MISS")
+    records.first_of_job(pipe, job_id, plan.request_id, settings.request_ttl_s)
+    events.add_queued(pipe, job_id, standing.body(), settings.request_ttl_s)
     pipe.zadd(TENANT_INFLIGHT_PREFIX + plan.tenant, {job_id: time.time()})
     pipe.expire(TENANT_INFLIGHT_PREFIX + plan.tenant, settings.request_ttl_s)
     if plan.idem_key is not None:
@@ -303,33 +311,29 @@ def _enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, infos: list[ImageInf
     return job_id
 
 
-def _make_job(backend: Backend, plan: _Plan, infos: list[ImageInfo], job_id: str) -> Job:
+def _make_job(backend: Backend, plan: _Plan, job_id: str, phashes: list[str] | None) -> Job:
     settings = backend.settings
     params = plan.submission.params
     now = time.time()
     payload = InferJob(
-        model=settings.model, prompt=params.prompt, sampling=plan.submission.sampling,
-        images=[ImageRef(digest=digest, media_type=info.media_type, size=len(data), width=info.width,
-                         height=info.height)
-                for digest, info, data in zip(plan.digests, infos, plan.submission.images, strict=True)],
+        v=CONTRACT_VERSION, model=settings.model, messages=plan.submission.messages,
+        images=[image.ref for image in plan.images if image.ref is not None], sampling=plan.submission.sampling,
+        task=plan.submission.task.value, response_format=plan.submission.response_format,
         cache_key=plan.key, cache_mode=params.cache,
-        near_bucket=plan.bucket if params.cache is not CacheMode.OFF else None, tenant=plan.tenant,
-        enqueued_at=now, deadline_at=now + params.deadline_s if params.deadline_s else None,
+        near_bucket=plan.bucket if params.cache is not CacheMode.OFF else None, phashes=phashes,
+        tenant=plan.tenant, enqueued_at=now, deadline_at=now + params.deadline_s if params.deadline_s else None,
         result_ttl_s=settings.result_ttl_s, cache_ttl_s=settings.l1_ttl_s)
     retry = Retry(max=settings.job_retries) if settings.job_retries else None
     # The description is what `rq info` and logs show: the key prefix, never the prompt.
     return backend.queue.create_job(
-        INFER_FUNC, kwargs={"job": payload.model_dump(mode="json")}, job_id=job_id,
+        INFER_FUNC, kwargs={"job": payload.model_dump(mode="json", exclude_none=True)}, job_id=job_id,
         timeout=settings.job_timeout_s, result_ttl=settings.result_ttl_s, failure_ttl=settings.result_ttl_s,
         retry=retry, description=f"infer key={plan.key[:16]}")
 
 
-def _record(pipe: Pipeline, backend: Backend, plan: _Plan, job_id: str) -> None:
-    key = REQUEST_PREFIX + plan.request_id
-    mapping: dict[FieldT, EncodableT] = {
-        "tenant": plan.tenant, "job_id": job_id, "created_at": time.time(), "cache_key": plan.key,
-        "cache_mode": plan.submission.params.cache.value, "near_bucket": plan.bucket or ""}
-    if plan.submission.params.deadline_s:
-        mapping["deadline_at"] = time.time() + plan.submission.params.deadline_s
-    pipe.hset(key, mapping=mapping)
-    pipe.expire(key, backend.settings.request_ttl_s)
+def _record(pipe: Pipeline, backend: Backend, plan: _Plan, job_id: str, x_cache: str) -> None:
+    params = plan.submission.params
+    record = RequestRecord(tenant=plan.tenant, created_at=time.time(), job_id=job_id, x_cache=x_cache,
+                           cache_key=plan.key, cache_mode=params.cache, near_bucket=plan.bucket,
+                           deadline_at=time.time() + params.deadline_s if params.deadline_s else None)
+    records.write(pipe, plan.request_id, record, backend.settings.request_ttl_s)

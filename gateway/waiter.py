@@ -3,11 +3,15 @@
 Workers publish a job's id on ``EVENTS_CHANNEL`` when it ends. Waiters register before they re-check the
 job's state, so an end between the check and the wait is never missed; a lost subscription wakes everyone
 (they re-check and, at worst, wait again until their own deadline).
+
+The same subscription hears ``CACHED_CHANNEL``: a cacheable answer's key, which this gateway then keeps in
+its L2, however (or whether) the answer is delivered to a client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -16,7 +20,8 @@ from contextlib import asynccontextmanager, suppress
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
-from worker.constants import EVENTS_CHANNEL
+from cache.tiers import ExactCache
+from worker.constants import CACHED_CHANNEL, EVENTS_CHANNEL
 
 log = logging.getLogger("vlq.gateway")
 
@@ -24,8 +29,10 @@ log = logging.getLogger("vlq.gateway")
 class ResultWaiter:
     """Maps job ids to the events of the requests waiting for them."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, cache: ExactCache | None = None) -> None:
         self._redis_url = redis_url
+        self._cache = cache
+        self._remembering: set[asyncio.Task[bool]] = set()
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
@@ -70,16 +77,37 @@ class ResultWaiter:
                 self._wake_all()
                 await asyncio.sleep(1.0)
 
+    def _remember(self, data: bytes) -> None:
+        if self._cache is None:
+            return
+        try:
+            entry = json.loads(data)
+            key, bucket, phashes = str(entry["k"]), entry.get("b"), entry.get("p")
+        except (ValueError, KeyError, TypeError):
+            return
+        task = asyncio.create_task(self._cache.remember(key, bucket, phashes))
+        self._remembering.add(task)
+        task.add_done_callback(self._remembered)
+
+    def _remembered(self, task: asyncio.Task[bool]) -> None:
+        self._remembering.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not keep an answer in L2 (%s)", type(task.exception()).__name__)
+
     async def _listen(self) -> None:
         # A connection of its own without a read timeout: a quiet channel is not an error.
         client = AsyncRedis.from_url(self._redis_url, socket_connect_timeout=2, health_check_interval=15)
         try:
             async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                await pubsub.subscribe(EVENTS_CHANNEL)
+                await pubsub.subscribe(EVENTS_CHANNEL, CACHED_CHANNEL)
                 self._wake_all()
                 async for message in pubsub.listen():
                     data = message.get("data")
-                    if isinstance(data, bytes):
+                    if not isinstance(data, bytes):
+                        continue
+                    if message.get("channel") == CACHED_CHANNEL.encode():
+                        self._remember(data)
+                    else:
                         self._wake(data.decode())
         finally:
             await client.aclose()

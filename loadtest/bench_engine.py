@@ -104,7 +104,7 @@ class Bench:
         async def task(index: int, slot: int) -> float:
             image, text = pairs[index]
             started = loop.time()
-            await self.engine.generate(EngineRequest(f"direct-{seed}-{index}", text, [image], sampling))
+            await self.engine.generate(EngineRequest.single(f"direct-{seed}-{index}", text, [image], sampling))
             return loop.time() - started
 
         return await closed_loop(task, work.concurrency, count=work.count)
@@ -213,7 +213,6 @@ async def _start_engine(starting: Coroutine[Any, Any, Engine], timeout_s: float 
 async def _measure(settings: WorkerSettings, work: Workload, rounds: int, curve: bool) -> list[Check]:
     from redis import Redis
 
-    from cache.near import phash_hex
     from worker.runner import Runner
     from worker.vllm_engine import VllmEngine
 
@@ -223,7 +222,7 @@ async def _measure(settings: WorkerSettings, work: Workload, rounds: int, curve:
     with LocalStack(engine="vllm", model=settings.served_model_name) as stack:
         stack.start(worker=False)
         redis = Redis.from_url(stack.redis_url)
-        runner = Runner(settings, engine, redis, "bench-worker", phash=phash_hex)
+        runner = Runner(settings, engine, redis, "bench-worker")
         running = asyncio.create_task(runner.run())
         bench = Bench(engine, stack, running)
         try:

@@ -7,7 +7,6 @@ results for one request even when a presumed-dead worker finishes late. Import-l
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +19,10 @@ from rq.registry import CanceledJobRegistry
 from rq.utils import now
 from rq.worker import Worker
 
+from cache.tiers import near_member
 from worker.constants import (
     CACHE_PREFIX,
+    CACHED_CHANNEL,
     EVENTS_CHANNEL,
     INFLIGHT_PREFIX,
     NEAR_PREFIX,
@@ -29,39 +30,22 @@ from worker.constants import (
     TENANT_INFLIGHT_PREFIX,
 )
 from worker.contract import CacheMode, InferJob, JobResult, JobState
+from worker.events import STREAM_MAXLEN, dumps, stream_key
+from worker.scripts import Scripts
 
-# KEYS: result, inflight, cache, near, tenant in-flight set.
-# ARGV: job id, result json, result ttl, cache json ('' = none), cache ttl, near member ('' = none), now,
-# events channel.  Returns 1 if this call wrote the result.
 # A result document for a job whose payload could not be read lives this long.
 _DEFAULT_RESULT_TTL_S = 3600
-
-_FINISH_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-redis.call('ZREM', KEYS[5], ARGV[1])
-if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
-  if ARGV[6] ~= '' then
-    redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
-    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -257)
-    redis.call('EXPIRE', KEYS[4], ARGV[5])
-  end
-end
-redis.call('PUBLISH', ARGV[8], ARGV[1])
-return 1
-"""
+_FLAGS = ("0", "1")
 
 
 @dataclass(frozen=True)
 class Ending:
-    """How a job ended, and what to remember of it."""
+    """How a job ended, and what to remember of it; ``tail`` is streamed text not yet appended."""
 
     job_id: str
     result: JobResult
     payload: InferJob | None
-    phashes: list[str] | None = None
+    tail: str = ""
 
 
 def result_key(job_id: str) -> str:
@@ -70,15 +54,15 @@ def result_key(job_id: str) -> str:
 
 def publish_result(redis: Redis, ending: Ending) -> bool:
     """Write the result document (and the cache entry for a success) unless one exists. True if written."""
-    return bool(_publish(redis, ending))
+    return bool(_publish(redis, Scripts(redis), ending))
 
 
 def end_job(redis: Redis, ending: Ending, job: Job, execution: Execution | None, worker_name: str,
-            rq_worker: Worker | None = None) -> bool:
+            rq_worker: Worker | None = None, scripts: Scripts | None = None) -> bool:
     """Publish the result and do RQ's bookkeeping in one MULTI, so no client ever reads a result that
     ``rq info`` still shows running. True if this call wrote the result (the first writer wins)."""
     with redis.pipeline() as pipe:
-        _publish(pipe, ending)
+        _publish(pipe, scripts or Scripts(redis), ending)
         _rq_bookkeeping(pipe, redis, job, execution, ending.result, worker_name, rq_worker)
         return bool(pipe.execute()[0])
 
@@ -91,23 +75,28 @@ def record_in_rq(redis: Redis, job: Job, execution: Execution | None, result: Jo
         pipe.execute()
 
 
-def _publish(client: Redis | Pipeline, ending: Ending) -> Any:
+def _publish(client: Redis | Pipeline, scripts: Scripts, ending: Ending) -> Any:
     payload = ending.payload
     cache_key = payload.cache_key if payload else ""
     cacheable = (payload is not None and ending.result.state is JobState.DONE
                  and payload.cache_mode is not CacheMode.OFF)
     result_json = ending.result.model_dump_json()
-    near_member = ""
-    if cacheable and payload is not None and payload.near_bucket and ending.phashes:
-        near_member = json.dumps({"k": cache_key, "p": ending.phashes}, separators=(",", ":"))
+    phashes = payload.phashes if payload else None
+    near = bool(cacheable and payload is not None and payload.near_bucket and phashes)
+    bucket = payload.near_bucket if payload else None
     keys = [result_key(ending.job_id), INFLIGHT_PREFIX + cache_key, CACHE_PREFIX + cache_key,
-            NEAR_PREFIX + (payload.near_bucket or "") if payload else NEAR_PREFIX,
-            TENANT_INFLIGHT_PREFIX + (payload.tenant if payload else "")]
+            NEAR_PREFIX + (bucket or ""), TENANT_INFLIGHT_PREFIX + (payload.tenant if payload else ""),
+            stream_key(ending.job_id)]
     args: list[str | int | float] = [
         ending.job_id, result_json, payload.result_ttl_s if payload else _DEFAULT_RESULT_TTL_S,
-        result_json if cacheable else "", payload.cache_ttl_s if payload else 1, near_member, time.time(),
-        EVENTS_CHANNEL]
-    return client.eval(_FINISH_LUA, len(keys), *keys, *args)
+        ending.result.state.value, _FLAGS[cacheable], payload.cache_ttl_s if payload else 1,
+        _FLAGS[near], near_member(cache_key, phashes or []) if near else "-",
+        _FLAGS[bool(ending.tail)], dumps({"text": ending.tail}), STREAM_MAXLEN, time.time(),
+        EVENTS_CHANNEL, ending.job_id]
+    written = scripts.finish(keys=keys, args=args, client=client)
+    if cacheable:
+        client.publish(CACHED_CHANNEL, dumps({"k": cache_key, "b": bucket, "p": phashes}))
+    return written
 
 
 def _rq_bookkeeping(pipe: Pipeline, redis: Redis, job: Job, execution: Execution | None, result: JobResult,
@@ -133,5 +122,5 @@ def _rq_bookkeeping(pipe: Pipeline, redis: Redis, job: Job, execution: Execution
     else:
         job.set_status(JobStatus.FAILED, pipeline=pipe)
         message = result.error.message if result.error else result.state.value
-        code = result.error.code.value if result.error else result.state.value
+        code = result.error.code if result.error else result.state.value
         job._handle_failure(f"{code}: {message}", pipeline=pipe, worker_name=worker_name)

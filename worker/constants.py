@@ -11,8 +11,19 @@ QUEUE_NAME: Final = "vlq-infer"
 # Dotted path of the job function; the gateway enqueues by this string and never imports worker code.
 INFER_FUNC: Final = "worker.tasks.infer"
 
-# Request record: request_id -> {job_id, tenant, cache_key, created_at}; a request id is what clients hold.
+# Request record (contract ``RequestRecord``, owned by ``gateway.records``): request id -> its record.
 REQUEST_PREFIX: Final = "vlq:req:"
+# Job -> the set of request ids attached to it (coalescing), written with the JOB_REFS counter.
+JOB_REQUESTS_PREFIX: Final = "vlq:job-reqs:"
+# A job's event stream (Redis Stream, ids 0-1, 0-2, ...): queued, running, deltas, one terminal event.
+# Written only through ``worker.events``.
+STREAM_PREFIX: Final = "vlq:stream:"
+# Uploaded media record (``gateway.media``): media id -> {tenant, digest, kind, size, ...}, with a TTL.
+MEDIA_PREFIX: Final = "vlq:media:"
+# Image digest -> set of media ids that hold it, so deleting the last one deletes the bytes.
+IMAGE_MEDIA_PREFIX: Final = "vlq:img-media:"
+# Live workers' capacity, for the ETA estimate: hash of worker name -> "<slots>|<service_s>|<lapses_at>".
+CAPACITY_KEY: Final = "vlq:capacity"
 # Result document of a finished job (JSON), written once by whoever ends the job.
 RESULT_PREFIX: Final = "vlq:result:"
 # Uploaded image bytes, stored once by content digest; jobs carry the digest, not the bytes.
@@ -25,6 +36,9 @@ INFLIGHT_PREFIX: Final = "vlq:inflight:"
 NEAR_PREFIX: Final = "vlq:near:"
 # Pub/sub channel on which the id of every job that reached a final state is published.
 EVENTS_CHANNEL: Final = "vlq:events"
+# Pub/sub channel on which a cacheable answer's {"k": cache key, "b": near bucket, "p": pHashes} is
+# published when its job ends, so that every gateway keeps it in its L2.
+CACHED_CHANNEL: Final = "vlq:cached"
 # Idempotency key -> request id, per tenant.
 IDEMPOTENCY_PREFIX: Final = "vlq:idem:"
 # Per-tenant fixed-window request counters (rate limit).

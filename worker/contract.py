@@ -1,14 +1,44 @@
-"""The job contract shared by the gateway and the worker.
+"""The job contract shared by the gateway and the worker (version ``CONTRACT_VERSION``).
 
 Import-light on purpose (pydantic only): the gateway imports it, and the gateway must never load vllm or
 torch. Everything that crosses Redis between the two services is one of these models, as JSON.
+
+Gateways and workers roll out separately, so every model here is a tolerant reader: a field it does not
+know is dropped with a warning (once per field), never a crash. What a field *means* changing is a new
+``CONTRACT_VERSION``: a worker refuses a job from a newer contract with ``ErrorCode.CONTRACT_VERSION``
+instead of guessing. Version 1 (a ``prompt`` and images, no ``messages``) is still read.
 """
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger("vlq.contract")
+
+CONTRACT_VERSION = 2
+_warned: set[tuple[str, str]] = set()
+
+
+class Tolerant(BaseModel):
+    """Base of every contract model: unknown fields are ignored with a warning, once per field."""
+
+    model_config = ConfigDict(extra="allow", frozen=False)
+
+    @model_validator(mode="after")
+    def _drop_unknown(self) -> Tolerant:
+        extra = self.__pydantic_extra__
+        if extra:
+            for name in list(extra):
+                if (type(self).__name__, name) not in _warned:
+                    _warned.add((type(self).__name__, name))
+                    log.warning("ignoring unknown field %r of %s (written by a newer version?)",
+                                name, type(self).__name__)
+            extra.clear()
+        return self
 
 
 class JobState(StrEnum):
@@ -46,14 +76,13 @@ class ErrorCode(StrEnum):
     IMAGE_UNREADABLE = "image_unreadable"
     MODEL_MISMATCH = "model_mismatch"
     BAD_JOB = "bad_job"
+    CONTRACT_VERSION = "contract_version"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCELED = "canceled"
 
 
-class SamplingParams(BaseModel):
+class SamplingParams(Tolerant):
     """Sampling parameters; part of the cache key, so defaults are filled in before hashing."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -61,10 +90,8 @@ class SamplingParams(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 
-class ImageRef(BaseModel):
+class ImageRef(Tolerant):
     """An image stored in Redis under its content digest."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     media_type: str
@@ -73,58 +100,120 @@ class ImageRef(BaseModel):
     height: int = Field(ge=1)
 
 
-class InferJob(BaseModel):
+class Role(StrEnum):
+    """Who said a turn of a conversation."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class TextPart(Tolerant):
+    """Text of a turn."""
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImagePart(Tolerant):
+    """An image of a turn, by its index into ``InferJob.images``."""
+
+    type: Literal["image"] = "image"
+    image: int = Field(ge=0)
+
+
+Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class Message(Tolerant):
+    """One turn of a conversation, with every image in its place."""
+
+    role: Role
+    content: list[Part]
+
+
+class ResponseFormat(Tolerant):
+    """What shape the answer must have (OpenAI's ``response_format``), served by structured outputs."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = None
+    json_schema: dict[str, Any] | None = None
+
+    @property
+    def is_json(self) -> bool:
+        return self.type != "text"
+
+
+class InferJob(Tolerant):
     """The JSON payload of one inference job on the RQ queue."""
 
-    model_config = ConfigDict(extra="forbid")
-
+    v: int = 1
     model: str
-    prompt: str
+    messages: list[Message] = Field(default_factory=list)
     images: list[ImageRef]
     sampling: SamplingParams
+    task: str = "vqa"
+    response_format: ResponseFormat = Field(default_factory=ResponseFormat)
     cache_key: str
     cache_mode: CacheMode
     near_bucket: str | None = None
+    # pHashes of the images, taken once by the gateway and only for ``cache=near``.
+    phashes: list[str] | None = None
     tenant: str
     enqueued_at: float
     deadline_at: float | None = None
     # Lifetimes chosen by the gateway's settings, carried so that both services agree on them.
     result_ttl_s: int = Field(ge=1)
     cache_ttl_s: int = Field(ge=1)
+    # Version 1 jobs carried one prompt about the images instead of messages.
+    prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _messages_from_prompt(self) -> InferJob:
+        if not self.messages and self.prompt is not None:
+            parts: list[TextPart | ImagePart] = [ImagePart(image=index) for index in range(len(self.images))]
+            parts.append(TextPart(text=self.prompt))
+            self.messages = [Message(role=Role.USER, content=parts)]
+        return self
 
 
-class Usage(BaseModel):
+class Usage(Tolerant):
     """Token accounting of one engine call."""
 
     prompt_tokens: int
     completion_tokens: int
 
 
-class InferOutput(BaseModel):
-    """What the model answered."""
+class InferOutput(Tolerant):
+    """What the model answered; ``json`` is the parsed answer of a JSON response format."""
 
     text: str
+    json_value: Any = Field(default=None, alias="json", serialization_alias="json")
     finish_reason: str | None
     usage: Usage
 
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 
-class JobError(BaseModel):
+
+class JobError(Tolerant):
     """Why a job failed, in words a client can act on."""
 
-    code: ErrorCode
+    code: str
     message: str
 
 
-class Timings(BaseModel):
+class Timings(Tolerant):
     """Where the time of a job went, in seconds."""
 
     queue_wait_s: float | None = None
     engine_s: float | None = None
     total_s: float | None = None
+    # From enqueue to the first streamed text.
+    first_delta_s: float | None = None
 
 
-class JobResult(BaseModel):
-    """The result document a worker (or the janitor) writes when a job ends."""
+class JobResult(Tolerant):
+    """The result document a worker (or the gateway, or the janitor) writes when a job ends."""
 
     state: JobState
     result: InferOutput | None = None
@@ -134,3 +223,51 @@ class JobResult(BaseModel):
     finished_at: float
     # pHashes of the request's images, kept beside a cached answer for near-duplicate lookups.
     phashes: list[str] | None = None
+
+
+class RequestRecord(Tolerant):
+    """What vlq keeps of one client request (``gateway.records`` owns it): a request id is what clients hold.
+
+    Several requests may share one job (coalescing); a cache hit has no job and keeps its answer here.
+    """
+
+    v: int = CONTRACT_VERSION
+    tenant: str
+    created_at: float
+    job_id: str | None = None
+    x_cache: str = "MISS"
+    cache_key: str | None = None
+    cache_mode: CacheMode = CacheMode.EXACT
+    near_bucket: str | None = None
+    deadline_at: float | None = None
+    result: JobResult | None = None
+
+
+class StreamEvent(StrEnum):
+    """Event types of a job's event stream; the last of a stream is one of the final states."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DELTA = "delta"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (StreamEvent.QUEUED, StreamEvent.RUNNING, StreamEvent.DELTA)
+
+
+class MediaRecord(Tolerant):
+    """An uploaded media item (``gateway.media`` owns it): its bytes live under their digest, shared."""
+
+    v: int = CONTRACT_VERSION
+    tenant: str
+    kind: Literal["image"] = "image"
+    digest: str
+    media_type: str
+    width: int
+    height: int
+    size: int
+    created_at: float

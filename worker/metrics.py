@@ -30,7 +30,7 @@ def observe_ending(result: JobResult) -> None:
     """Count one ended job."""
     JOBS.labels(outcome=result.state.value).inc()
     if result.error is not None:
-        FAILURES.labels(code=result.error.code.value).inc()
+        FAILURES.labels(code=result.error.code).inc()
     if result.timings.queue_wait_s is not None:
         QUEUE_WAIT.observe(max(result.timings.queue_wait_s, 0.0))
     if result.state is JobState.DONE and result.result is not None:

@@ -37,6 +37,11 @@ def open_queue(redis: Redis, name: str = QUEUE_NAME) -> Queue:
     return Queue(name, connection=redis, serializer=JSONSerializer)
 
 
+def started_key(queue: Queue) -> str:
+    """RQ's started registry of a queue (a sorted set of ``job_id:execution_id``)."""
+    return str(queue.started_job_registry.key)
+
+
 def claim_next(queue: Queue, worker_name: str, heartbeat_ttl_s: int, timeout_s: int) -> Claimed | None:
     """Block up to ``timeout_s`` for a job; register it as started. Blocking: call from a thread.
 

@@ -1,48 +1,35 @@
 """The worker's main loop: take jobs from RQ and keep up to ``max_inflight`` of them on one engine.
 
-Each job is its own asyncio task awaiting ``engine.generate``; the engine (vLLM's AsyncLLM) batches every
-request in flight into the same forward passes. Redis calls are blocking (redis-py, RQ), so they run in
-threads; the event loop only waits.
+Each job is its own asyncio task streaming from the engine; the engine (vLLM's AsyncLLM) batches every
+request in flight into the same forward passes. Streamed text is buffered per job and appended to the
+jobs' event streams every ``stream_flush_interval_s``, all jobs in one round trip, so deltas cost the
+engine nothing per token. Redis calls are blocking (redis-py, RQ), so they run in threads; the event loop
+only waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
 
 from pydantic import ValidationError
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.worker import Worker
 
-from cache.near import phash_hex
-from worker import metrics
+from worker import capacity, endings, events, metrics
 from worker.completion import Ending, end_job
 from worker.config import WorkerSettings
 from worker.constants import CANCEL_PREFIX, ENGINE_CALLS, IMAGE_PREFIX, INFER_FUNC, MAX_INFLIGHT_SEEN
-from worker.contract import (
-    ErrorCode,
-    InferJob,
-    InferOutput,
-    JobError,
-    JobResult,
-    JobState,
-    Timings,
-    Usage,
-)
+from worker.contract import CONTRACT_VERSION, ErrorCode, InferJob, JobState, StreamEvent
+from worker.deltas import DeltaBuffer
 from worker.engine import Engine, EngineError, EngineOutput, EngineRequest
 from worker.rqjobs import Claimed, claim_next, heartbeat, open_queue, requeue_unfinished
+from worker.scripts import Scripts
 
 log = logging.getLogger("vlq.worker")
-
-# Raise a stored high-water mark only if the new value is higher.
-_MAX_LUA = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1
-"""
 
 
 class _EngineDiedError(Exception):
@@ -53,18 +40,20 @@ class Runner:
     """Feeds RQ jobs to one engine, many at a time, until asked to stop; then drains."""
 
     def __init__(self, settings: WorkerSettings, engine: Engine, redis: Redis, name: str,
-                 phash: Callable[[bytes], str] | None = phash_hex, rq_worker: Worker | None = None) -> None:
+                 rq_worker: Worker | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.redis = redis
         self.name = name
         self.queue = open_queue(redis)
-        self._phash = phash
+        self.scripts = Scripts(redis)
         self._rq_worker = rq_worker
         self._slots = asyncio.Semaphore(settings.max_inflight)
         self._inflight: dict[str, Claimed] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self.deltas = DeltaBuffer(self.scripts, settings.stream_flush_interval_s)
+        self.service = capacity.ServiceTime()
         # Set when the engine died: jobs go back to the queue and the process exits non-zero to be restarted.
         self.engine_died = False
 
@@ -79,7 +68,8 @@ class Runner:
 
     async def run(self) -> None:
         """Take and run jobs until stopped, then wait for those in flight."""
-        beat = asyncio.create_task(self._heartbeat_loop())
+        background = [asyncio.create_task(self._heartbeat_loop()),
+                      asyncio.create_task(self.deltas.run(self.redis))]
         try:
             while not self._stop.is_set():
                 await self._slots.acquire()
@@ -94,7 +84,13 @@ class Runner:
                     self._slots.release()
         finally:
             await self._drain()
-            beat.cancel()
+            for task in background:
+                task.cancel()
+            await asyncio.to_thread(self._withdraw)
+
+    def _withdraw(self) -> None:
+        with contextlib.suppress(RedisError):  # else the entry lapses by itself
+            capacity.withdraw(self.redis, self.name)
 
     async def _take_one(self) -> bool:
         if self._stop.is_set():
@@ -127,13 +123,18 @@ class Runner:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
-                await asyncio.to_thread(heartbeat, self.redis, list(self._inflight.values()),
-                                        self.settings.heartbeat_ttl_s)
+                await asyncio.to_thread(self._beat)
                 await self._abort_canceled()
             except Exception:  # a Redis blip must not stop the heartbeat for good
                 log.exception("heartbeat failed")
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    def _beat(self) -> None:
+        heartbeat(self.redis, list(self._inflight.values()), self.settings.heartbeat_ttl_s)
+        if not self._stop.is_set():
+            capacity.publish(self.redis, self.name, self.settings.max_inflight, self.service.mean,
+                             self.settings.heartbeat_interval_s * 3)
 
     async def _abort_canceled(self) -> None:
         ids = list(self._inflight)
@@ -150,11 +151,14 @@ class Runner:
         started = time.time()
         try:
             ending = await self._execute(claimed, started)
-            await asyncio.to_thread(self._finish, claimed, ending)
+            await self._finish(claimed, ending)
+            if ending.result.state is JobState.DONE:
+                self.service.observe(time.time() - started)
         except _EngineDiedError:
             log.error("the engine died; handing job %s back and stopping", job_id)
             self.engine_died = True
             self.request_stop()
+            self.deltas.drop(job_id)
             await asyncio.to_thread(requeue_unfinished, self.queue, claimed)
         except Exception:
             log.exception("job %s could not be finished; the janitor will sweep it", job_id)
@@ -163,39 +167,36 @@ class Runner:
 
     async def _execute(self, claimed: Claimed, started: float) -> Ending:
         job = claimed.job
-        if job.func_name != INFER_FUNC:
-            return _failed(job.id, None, ErrorCode.BAD_JOB, "unknown job function", started)
-        try:
-            payload = InferJob.model_validate(job.kwargs.get("job"))
-        except (ValidationError, TypeError):
-            return _failed(job.id, None, ErrorCode.BAD_JOB, "job payload does not match the contract", started)
+        payload = _payload(str(job.func_name), job.kwargs.get("job"))
+        if not isinstance(payload, InferJob):
+            return endings.failed(job.id, None, payload[0], payload[1], started)
         refusal = self._refuse(payload, job.id, started)
         if refusal is not None:
             return refusal
-        canceled, images = await asyncio.to_thread(self._fetch_inputs, job.id, payload)
+        canceled, images = await asyncio.to_thread(self._start_job, job.id, payload)
         if canceled:
-            return _ended(job.id, payload, JobState.CANCELED, ErrorCode.CANCELED, "the request was canceled",
-                          started)
+            return endings.canceled(job.id, payload, started)
         if images is None:
-            return _failed(job.id, payload, ErrorCode.IMAGE_EXPIRED,
-                           "an image of this request expired before a worker took it", started)
+            return endings.failed(job.id, payload, ErrorCode.IMAGE_EXPIRED,
+                                  "an image of this request expired before a worker took it", started)
         return await self._generate(claimed, payload, images, started)
 
     def _refuse(self, payload: InferJob, job_id: str, started: float) -> Ending | None:
         if payload.model != self.settings.served_model_name:
-            return _failed(job_id, payload, ErrorCode.MODEL_MISMATCH,
-                           f"this worker serves {self.settings.served_model_name!r}", started)
+            return endings.failed(job_id, payload, ErrorCode.MODEL_MISMATCH,
+                                  f"this worker serves {self.settings.served_model_name!r}", started)
         if payload.deadline_at is not None and started > payload.deadline_at:
-            return _ended(job_id, payload, JobState.EXPIRED, ErrorCode.DEADLINE_EXCEEDED,
-                          "the request's deadline passed before a worker could start it", started)
+            return endings.ended(job_id, payload, JobState.EXPIRED, ErrorCode.DEADLINE_EXCEEDED,
+                                 "the request's deadline passed before a worker could start it", started)
         return None
 
-    def _fetch_inputs(self, job_id: str, payload: InferJob) -> tuple[bool, list[bytes] | None]:
-        """(canceled?, the images or None if one expired), in one round trip."""
+    def _start_job(self, job_id: str, payload: InferJob) -> tuple[bool, list[bytes] | None]:
+        """(canceled?, the images or None if one expired), and the ``running`` event, in one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(CANCEL_PREFIX + job_id)
             pipe.mget([IMAGE_PREFIX + ref.digest for ref in payload.images] or [IMAGE_PREFIX])
-            canceled, blobs = pipe.execute()
+            events.append(self.scripts, pipe, job_id, [(StreamEvent.RUNNING, "{}")], payload.result_ttl_s)
+            canceled, blobs, _ = pipe.execute()
         if not payload.images:
             return bool(canceled), []
         images = [blob for blob in blobs if isinstance(blob, bytes)]
@@ -203,92 +204,83 @@ class Runner:
 
     async def _generate(self, claimed: Claimed, payload: InferJob, images: list[bytes],
                         started: float) -> Ending:
-        request = EngineRequest(request_id=claimed.execution.composite_key, prompt=payload.prompt,
-                                images=images, sampling=payload.sampling)
+        job_id = claimed.job.id
+        request = EngineRequest(request_id=claimed.execution.composite_key, messages=payload.messages,
+                                images=images, sampling=payload.sampling, response_format=payload.response_format,
+                                stream=self.settings.stream_deltas)
         metrics.JOBS_INFLIGHT.inc()
         peak = len(self._inflight)
         engine_start = time.time()
         try:
-            output = await asyncio.wait_for(self.engine.generate(request),
-                                            timeout=claimed.job.timeout or None)
+            output, first_delta_at = await self._stream(job_id, request, payload, claimed.job.timeout)
         except TimeoutError:
             await self.engine.abort(request.request_id)
-            return _failed(claimed.job.id, payload, ErrorCode.TIMEOUT, "the job ran past its timeout", started)
+            return endings.failed(job_id, payload, ErrorCode.TIMEOUT, "the job ran past its timeout", started)
         except EngineError as exc:
             if self.engine.errored:
                 raise _EngineDiedError from exc
-            canceled, _ = await asyncio.to_thread(self._after_engine, claimed.job.id, None, images, peak)
-            if canceled:
-                return _ended(claimed.job.id, payload, JobState.CANCELED, ErrorCode.CANCELED,
-                              "the request was canceled", started)
-            return _failed(claimed.job.id, payload, exc.code, exc.message, started)
+            if await asyncio.to_thread(self._after_engine, job_id, peak):
+                return endings.canceled(job_id, payload, started)
+            return endings.failed(job_id, payload, exc.code, exc.message, started)
         finally:
             metrics.JOBS_INFLIGHT.dec()
-        canceled, phashes = await asyncio.to_thread(self._after_engine, claimed.job.id, payload, images, peak)
-        if canceled:
-            return _ended(claimed.job.id, payload, JobState.CANCELED, ErrorCode.CANCELED,
-                          "the request was canceled", started)
-        return _done(claimed.job.id, payload, output, started, engine_start, phashes)
+        if await asyncio.to_thread(self._after_engine, job_id, peak):
+            return endings.canceled(job_id, payload, started)
+        return endings.done(job_id, payload, output, started, engine_start, first_delta_at)
 
-    def _after_engine(self, job_id: str, payload: InferJob | None, images: list[bytes],
-                      peak: int) -> tuple[bool, list[str] | None]:
-        """Count the engine call, check for a cancel and take pHashes, in one thread hop and round trip."""
+    async def _stream(self, job_id: str, request: EngineRequest, payload: InferJob,
+                      limit_s: float | None) -> tuple[EngineOutput, float | None]:
+        first_delta_at: float | None = None
+        async with asyncio.timeout(limit_s or None):
+            async for chunk in self.engine.stream(request):
+                if chunk.text:
+                    first_delta_at = first_delta_at or time.time()
+                    self.deltas.add(job_id, chunk.text, payload.result_ttl_s)
+                if chunk.final is not None:
+                    return chunk.final, first_delta_at
+        raise EngineError(ErrorCode.ENGINE_ERROR, "The engine returned no output.")
+
+    def _after_engine(self, job_id: str, peak: int) -> bool:
+        """Count the engine call and check for a cancel, in one round trip. True if canceled."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(CANCEL_PREFIX + job_id)
             pipe.incr(ENGINE_CALLS)
-            pipe.eval(_MAX_LUA, 1, MAX_INFLIGHT_SEEN, peak)
-            canceled = bool(pipe.execute()[0])
-        if canceled or payload is None:
-            return canceled, None
-        return False, self._phashes(payload, images)
+            self.scripts.high_water(keys=[MAX_INFLIGHT_SEEN], args=[peak], client=pipe)
+            return bool(pipe.execute()[0])
 
-    def _phashes(self, payload: InferJob, images: list[bytes]) -> list[str] | None:
-        if self._phash is None or payload.near_bucket is None:
-            return None
-        try:
-            return [self._phash(image) for image in images]
-        except Exception:  # a pHash is an optional extra; the answer stands without it
-            return None
+    async def _finish(self, claimed: Claimed, ending: Ending) -> None:
+        # The job's last streamed text goes with its terminal event, in order after every earlier flush.
+        async with self.deltas.lock:
+            tail = self.deltas.take(claimed.job.id)
+            ending = Ending(ending.job_id, ending.result, ending.payload,
+                            tail=tail if ending.result.state is JobState.DONE else "")
+            await asyncio.to_thread(self._end, claimed, ending)
+        metrics.observe_ending(ending.result)
 
-    def _finish(self, claimed: Claimed, ending: Ending) -> None:
+    def _end(self, claimed: Claimed, ending: Ending) -> None:
         # A result is worth waiting for Redis to come back; only after the lease would the janitor act.
         deadline = time.monotonic() + self.settings.heartbeat_ttl_s * 4
         while True:
             try:
-                end_job(self.redis, ending, claimed.job, claimed.execution, self.name, self._rq_worker)
-                break
+                end_job(self.redis, ending, claimed.job, claimed.execution, self.name, self._rq_worker,
+                        self.scripts)
+                return
             except RedisError as exc:
                 if time.monotonic() > deadline:
                     raise
                 log.warning("cannot reach Redis to finish job %s (%s); retrying", claimed.job.id,
                             type(exc).__name__)
                 time.sleep(1.0)
-        metrics.observe_ending(ending.result)
 
 
-def _done(job_id: str, payload: InferJob, output: EngineOutput, started: float, engine_start: float,
-          phashes: list[str] | None) -> Ending:
-    now = time.time()
-    result = JobResult(
-        state=JobState.DONE, model=payload.model, finished_at=now,
-        result=InferOutput(text=output.text, finish_reason=output.finish_reason,
-                           usage=Usage(prompt_tokens=output.prompt_tokens,
-                                       completion_tokens=output.completion_tokens)),
-        timings=Timings(queue_wait_s=round(started - payload.enqueued_at, 4),
-                        engine_s=round(now - engine_start, 4), total_s=round(now - payload.enqueued_at, 4)),
-        phashes=phashes)
-    return Ending(job_id=job_id, result=result, payload=payload, phashes=phashes)
-
-
-def _ended(job_id: str, payload: InferJob | None, state: JobState, code: ErrorCode, message: str,
-           started: float) -> Ending:
-    now = time.time()
-    timings = Timings(queue_wait_s=round(started - payload.enqueued_at, 4) if payload else None,
-                      total_s=round(now - payload.enqueued_at, 4) if payload else None)
-    result = JobResult(state=state, error=JobError(code=code, message=message), finished_at=now,
-                       model=payload.model if payload else None, timings=timings)
-    return Ending(job_id=job_id, result=result, payload=payload)
-
-
-def _failed(job_id: str, payload: InferJob | None, code: ErrorCode, message: str, started: float) -> Ending:
-    return _ended(job_id, payload, JobState.FAILED, code, message, started)
+def _payload(func_name: str, raw: object) -> InferJob | tuple[ErrorCode, str]:
+    """The job's payload, or why it cannot be run (a newer contract is refused, not guessed at)."""
+    if func_name != INFER_FUNC:
+        return ErrorCode.BAD_JOB, "unknown job function"
+    version = raw.get("v", 1) if isinstance(raw, dict) else 1
+    if isinstance(version, int) and version > CONTRACT_VERSION:
+        return ErrorCode.CONTRACT_VERSION, f"job contract v{version} is newer than this worker's v{CONTRACT_VERSION}"
+    try:
+        return InferJob.model_validate(raw)
+    except (ValidationError, TypeError):
+        return ErrorCode.BAD_JOB, "job payload does not match the contract"

@@ -29,13 +29,14 @@ import io
 import logging
 import os
 import re
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from PIL import Image
 
 from worker.config import WorkerSettings
-from worker.contract import ErrorCode, SamplingParams
-from worker.engine import EngineError, EngineOutput, EngineRequest
+from worker.contract import ErrorCode, ImagePart, ResponseFormat
+from worker.engine import Chunk, EngineError, EngineOutput, EngineRequest, generate
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,9 @@ class VllmEngine:
         """True once the engine process died; every later call fails and the worker should restart."""
         return bool(self._llm.errored)
 
-    async def generate(self, request: EngineRequest) -> EngineOutput:
-        """Run one request to completion; raises ``EngineError`` (see the module docstring)."""
+    async def stream(self, request: EngineRequest) -> AsyncIterator[Chunk]:
+        """Run one request, yielding its new text as vLLM produces it (``stream_interval`` tokens at a
+        time); the last chunk carries the final output. Raises ``EngineError`` (see the module docstring)."""
         self._check_request(request)
         request_id = request.request_id
         self._preparing.add(request_id)
@@ -105,7 +107,12 @@ class VllmEngine:
             self._aborted_early.discard(request_id)
         if aborted:
             raise EngineError(ErrorCode.CANCELED, "The request was aborted.")
-        return await self._run(engine_input, request)
+        async for chunk in self._run(engine_input, request):
+            yield chunk
+
+    async def generate(self, request: EngineRequest) -> EngineOutput:
+        """The whole answer of one request."""
+        return await generate(self, request)
 
     async def abort(self, request_id: str) -> None:
         """Stop a request; its ``generate()`` call raises ``EngineError(CANCELED)``. Unknown ids are ignored."""
@@ -135,15 +142,24 @@ class VllmEngine:
             raise EngineError(ErrorCode.BAD_JOB, f"At most {limit} images per request; got {len(request.images)}.")
 
     def _render(self, request: EngineRequest) -> dict[str, Any]:
-        """Decode the images and render the chat prompt: CPU work, run in a thread."""
+        """Decode the images and render the conversation with the model's chat template: CPU work, run in
+        a thread. Every image goes where its part stands; vLLM takes them in that order."""
         images = [decode_image(data, index) for index, data in enumerate(request.images)]
-        content: list[dict[str, str]] = [{"type": "image"} for _ in images]
-        content.append({"type": "text", "text": request.prompt})
-        messages = [{"role": "user", "content": content}]
+        order: list[int] = []
+        messages = []
+        for message in request.messages:
+            content: list[dict[str, str]] = []
+            for part in message.content:
+                if isinstance(part, ImagePart):
+                    order.append(part.image)
+                    content.append({"type": "image"})
+                else:
+                    content.append({"type": "text", "text": part.text})
+            messages.append({"role": message.role.value, "content": content})
         text = self._processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompt: dict[str, Any] = {"prompt": text}
-        if images:
-            prompt["multi_modal_data"] = {"image": images}
+        if order:
+            prompt["multi_modal_data"] = {"image": [images[index] for index in order]}
         return prompt
 
     async def _tokenize(self, prompt: dict[str, Any]) -> Any:
@@ -155,15 +171,37 @@ class VllmEngine:
         (engine_input,) = await renderer.render_cmpl_async([prompt], renderer.default_cmpl_tok_params)
         return engine_input
 
-    async def _run(self, engine_input: Any, request: EngineRequest) -> EngineOutput:
-        final = None
+    async def _run(self, engine_input: Any, request: EngineRequest) -> AsyncIterator[Chunk]:
+        prompt_tokens = 0
+        completion_tokens = 0
+        parts: list[str] = []
         try:
-            async for output in self._llm.generate(engine_input, _vllm_sampling(request.sampling),
-                                                   request.request_id):
-                final = output
+            async for output in self._llm.generate(engine_input, _vllm_sampling(request), request.request_id):
+                prompt_tokens = len(output.prompt_token_ids or ()) or prompt_tokens
+                if not output.outputs:
+                    continue
+                completion = output.outputs[0]
+                completion_tokens = _count_tokens(completion, completion_tokens, request.stream)
+                if completion.finish_reason == "abort":
+                    raise EngineError(ErrorCode.CANCELED, "The request was aborted.")
+                text = completion.text if request.stream else completion.text[len("".join(parts)):]
+                parts.append(text)
+                if output.finished:
+                    final = EngineOutput(text="".join(parts), prompt_tokens=prompt_tokens,
+                                         completion_tokens=completion_tokens,
+                                         finish_reason=completion.finish_reason)
+                    yield Chunk(text=text, final=final)
+                    return
+                if text:
+                    yield Chunk(text=text)
         except Exception as exc:
             raise to_engine_error(exc) from exc
-        return _to_output(final)
+        raise EngineError(ErrorCode.ENGINE_ERROR, "The engine returned no output.")
+
+
+def _count_tokens(completion: Any, so_far: int, delta: bool) -> int:
+    # DELTA outputs carry only the new token ids; FINAL_ONLY ones carry them all.
+    return so_far + len(completion.token_ids) if delta else len(completion.token_ids)
 
 
 def decode_image(data: bytes, index: int = 0) -> Image.Image:
@@ -249,14 +287,26 @@ def _to_output(final: Any) -> EngineOutput:
                         completion_tokens=len(completion.token_ids), finish_reason=completion.finish_reason)
 
 
-def _vllm_sampling(sampling: SamplingParams) -> Any:
+def _vllm_sampling(request: EngineRequest) -> Any:
     from vllm import SamplingParams as VllmSamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    # FINAL_ONLY: the worker returns whole answers, so per-token outputs would only cost detokenizer work.
+    sampling = request.sampling
+    # DELTA: each output holds only the new text (streamed to clients); FINAL_ONLY costs no per-step output.
+    kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
     return VllmSamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                              max_tokens=sampling.max_tokens, seed=sampling.seed,
-                              output_kind=RequestOutputKind.FINAL_ONLY)
+                              max_tokens=sampling.max_tokens, seed=sampling.seed, output_kind=kind,
+                              structured_outputs=_structured(request.response_format))
+
+
+def _structured(response_format: ResponseFormat) -> Any:
+    if not response_format.is_json:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if response_format.type == "json_schema" and response_format.json_schema is not None:
+        return StructuredOutputsParams(json=response_format.json_schema)
+    return StructuredOutputsParams(json_object=True)
 
 
 def apply_cpu_env_defaults() -> None:
@@ -284,6 +334,12 @@ def engine_args(settings: WorkerSettings) -> Any:
         gpu_memory_utilization=settings.gpu_memory_utilization,
         # Video is off: the contract carries images only, and a video budget would inflate profiling.
         limit_mm_per_prompt={"image": settings.limit_mm_images, "video": 0},
+        # Streamed outputs every few tokens rather than every token: less front-end work per job.
+        stream_interval=settings.stream_interval,
+        # JSON answers (response_format, task presets). Whitespace between JSON tokens is refused on the
+        # engine: per request it has no effect, and without it a weak model can emit blanks until max_tokens.
+        structured_outputs_config=cast(Any, {"backend": settings.structured_outputs_backend,
+                                             "disable_any_whitespace": settings.structured_outputs_disable_whitespace}),
         # Caps visual tokens per image (32x32 px each for Qwen3-VL); the processor resizes larger images.
         mm_processor_kwargs={"size": {"longest_edge": settings.max_image_pixels_for_model}},
         # vLLM caches processed images (4 GiB by default, held in both the front-end and the engine core);

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
@@ -15,6 +16,7 @@ from redis import Redis
 from gateway.app import create_app
 from gateway.config import GatewaySettings
 from worker.config import WorkerSettings
+from worker.constants import JANITOR_LOCK
 from worker.engine import Engine, InstantEngine
 from worker.runner import Runner
 
@@ -99,3 +101,45 @@ def worker_factory(redis_url: str) -> Iterator[Callable[..., ThreadWorker]]:
     yield create
     for worker in workers:
         worker.stop()
+
+
+def job_of(redis: Redis, request_id: str) -> str:
+    """The job a request waits on, read through the record's own model."""
+    from worker.constants import REQUEST_PREFIX
+    from worker.contract import RequestRecord
+
+    record = RequestRecord.model_validate_json(redis.hget(REQUEST_PREFIX + request_id, "doc"))
+    assert record.job_id is not None
+    return record.job_id
+
+
+Check = Callable[..., dict[str, Any]]
+UNCHECKED = object()
+
+
+def redis_keys(redis_client: Redis) -> set[bytes]:
+    return {key for key in redis_client.keys("*") if key != JANITOR_LOCK.encode()}
+
+
+@pytest.fixture
+def refused(redis_client: Redis) -> Check:
+    """Checks one refusal against the Redis keys present when the test began."""
+    before = redis_keys(redis_client)
+
+    def check(response: httpx.Response, status: int, code: str, param: object = UNCHECKED) -> dict[str, Any]:
+        assert response.status_code == status, response.text
+        assert "Traceback" not in response.text and 'File "' not in response.text
+        body = response.json()
+        assert set(body) == {"error"}
+        error = body["error"]
+        assert set(error) == {"message", "type", "param", "code", "request_id"}
+        assert error["code"] == code
+        assert error["type"] == "invalid_request_error"
+        assert isinstance(error["message"], str) and error["message"]
+        assert error["request_id"] == response.headers["x-request-id"]
+        if param is not UNCHECKED:
+            assert error["param"] == param
+        assert redis_keys(redis_client) == before
+        return error
+
+    return check

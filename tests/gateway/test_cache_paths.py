@@ -97,9 +97,10 @@ def test_ten_concurrent_identical_posts_make_one_engine_call(
 class FailingEngine(InstantEngine):
     """Test double whose every call fails like an over-long prompt."""
 
-    async def generate(self, request: EngineRequest):
+    async def stream(self, request: EngineRequest):
         self.calls += 1
         raise EngineError(ErrorCode.PROMPT_TOO_LONG, "the prompt is longer than the model accepts")
+        yield  # an async generator, as the engine protocol has it
 
 
 def test_failures_are_reported_and_not_cached(
@@ -125,16 +126,21 @@ def test_job_finishing_between_lookup_and_enqueue_is_served_not_rerun(
 
     from cache.keys import image_digest
     from gateway import submit as submit_module
+    from gateway.eta import Standing
     from gateway.intake import InferParams, Submission
-    from worker.contract import JobResult, JobState, SamplingParams
+    from gateway.messages import ImageInput
+    from worker.contract import ImagePart, JobResult, JobState, Message, ResponseFormat, Role, SamplingParams, TextPart
 
     backend = client.app.state.backend
     image = image_factory((31, 41, 59))
-    submission = Submission(params=InferParams(prompt="q"), sampling=SamplingParams(), images=[image])
-    plan = submit_module._plan(backend, submission, "public", [image_digest(image)], None)
+    messages = [Message(role=Role.USER, content=[ImagePart(image=0), TextPart(text="q")])]
+    submission = Submission(params=InferParams(prompt="q"), sampling=SamplingParams(), messages=messages,
+                            images=[ImageInput(param="image[0]", data=image)], response_format=ResponseFormat())
+    images = [submit_module._Image(source=submission.images[0], digest=image_digest(image), data=image)]
+    plan = submit_module._plan(backend, submission, "public", images, None)
     answer = JobResult(state=JobState.DONE, finished_at=time.time()).model_dump_json()
     redis_client.set(CACHE_PREFIX + plan.key, answer)
-    outcome = submit_module._enqueue_or_attach(backend, plan, [])
+    outcome = submit_module._enqueue_or_attach(backend, plan, None, Standing(0, None, True))
     assert isinstance(outcome, submit_module._JustCached)
     assert outcome.raw == answer.encode()
     assert redis_client.llen("rq:queue:vlq-infer") == 0

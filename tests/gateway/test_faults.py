@@ -168,9 +168,10 @@ def _ready(base: str) -> bool:
 class DyingEngine(InstantEngine):
     """Test double whose engine process dies on the first call, as vLLM's EngineCore can."""
 
-    async def generate(self, request: EngineRequest):
+    async def stream(self, request: EngineRequest):
         self.errored = True
         raise EngineError(ErrorCode.ENGINE_ERROR, "The engine process is gone.")
+        yield  # an async generator, as the engine protocol has it
 
 
 def test_dead_engine_hands_jobs_back_and_stops_the_worker(

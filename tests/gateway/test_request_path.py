@@ -7,7 +7,7 @@ from collections.abc import Callable
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from tests.gateway.conftest import ThreadWorker
+from tests.gateway.conftest import ThreadWorker, job_of
 from worker.constants import ENGINE_CALLS, QUEUE_NAME
 
 
@@ -72,7 +72,7 @@ def test_expired_result_is_410(client: TestClient, worker_factory: Callable[...,
     worker_factory()
     accepted = post(client, [image_factory((3, 1, 4))]).json()
     assert client.get(accepted["result_url"] + "&wait=10").json()["status"] == "done"
-    job_id = redis_client.hget("vlq:req:" + accepted["request_id"], "job_id").decode()
+    job_id = job_of(redis_client, accepted["request_id"])
     redis_client.delete("vlq:result:" + job_id, "rq:job:" + job_id)  # what the TTLs do, sooner
     gone = client.get(accepted["result_url"])
     assert gone.status_code == 410

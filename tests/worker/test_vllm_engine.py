@@ -75,7 +75,7 @@ def png(color: str, size: tuple[int, int] = (224, 224)) -> bytes:
 
 def request(request_id: str, prompt: str, images: list[bytes],
             sampling: SamplingParams = GREEDY) -> EngineRequest:
-    return EngineRequest(request_id=request_id, prompt=prompt, images=images, sampling=sampling)
+    return EngineRequest.single(request_id, prompt, images, sampling)
 
 
 def generate_error(run: Any, engine: VllmEngine, req: EngineRequest) -> EngineError:

@@ -1,0 +1,85 @@
+"""What live workers can take on, published for the gateway's wait estimate (``gateway.eta``).
+
+Each worker keeps one field of ``CAPACITY_KEY`` current on its heartbeat: its in-flight slots, its
+recent per-job service time (an exponentially weighted mean of queue-exit-to-result seconds, 0 before its
+first job) and when the entry lapses. A worker that dies simply lapses; readers ignore lapsed entries.
+This module owns the key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from cache.codec import as_text
+from worker.constants import CAPACITY_KEY
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The live workers together: slots, and the mean service time of those that measured one."""
+
+    workers: int
+    slots: int
+    service_s: float | None
+
+
+class ServiceTime:
+    """Exponentially weighted mean of per-job service times (recent jobs count most)."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight
+        self.mean: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        self.mean = seconds if self.mean is None else self.mean + self.weight * (seconds - self.mean)
+
+
+def publish(redis: Redis, name: str, slots: int, service_s: float | None, ttl_s: float) -> None:
+    """Blocking: (re)announce this worker's capacity for the next ``ttl_s`` seconds."""
+    lapses = time.time() + ttl_s
+    redis.hset(CAPACITY_KEY, name, f"{slots}|{service_s or 0:.6f}|{lapses:.3f}")
+
+
+def withdraw(redis: Redis, name: str) -> None:
+    """Blocking: this worker takes no more work."""
+    redis.hdel(CAPACITY_KEY, name)
+
+
+def parse(entries: Mapping[Any, Any], now: float) -> Capacity:
+    """The live part of the capacity hash."""
+    workers = slots = 0
+    services: list[float] = []
+    for raw in entries.values():
+        try:
+            slot_text, service_text, lapses_text = as_text(raw).split("|")
+            entry_slots, service, lapses = int(slot_text), float(service_text), float(lapses_text)
+        except ValueError:
+            continue  # a newer writer's format: skip it rather than guess
+        if lapses < now:
+            continue
+        workers += 1
+        slots += entry_slots
+        if service > 0:
+            services.append(service)
+    return Capacity(workers=workers, slots=slots, service_s=sum(services) / len(services) if services else None)
+
+
+async def read(redis: AsyncRedis) -> Capacity:
+    """The live workers' capacity now."""
+    return parse(await redis.hgetall(CAPACITY_KEY), time.time())
+
+
+def forget_lapsed(redis: Redis) -> int:
+    """Blocking: drop entries of workers that stopped announcing (the janitor calls it)."""
+    now = time.time()
+    entries = redis.hgetall(CAPACITY_KEY)
+    lapsed = [name for name, raw in entries.items() if parse({name: raw}, now).workers == 0]
+    if lapsed:
+        redis.hdel(CAPACITY_KEY, *[as_text(name) for name in lapsed])
+    return len(lapsed)

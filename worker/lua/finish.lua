@@ -1,0 +1,30 @@
+-- Ends a job in one atomic step: the result document; the stream's last delta and its terminal event;
+-- for a cacheable success the L1 entry (and the near-index entry); the in-flight and quota markers; and
+-- the wake-up publish. The first writer wins: if a result exists, nothing is written and 0 is returned.
+-- KEYS[1]  result document            KEYS[2]  in-flight marker (cache key -> job id)
+-- KEYS[3]  L1 cache entry             KEYS[4]  near-duplicate bucket
+-- KEYS[5]  tenant's in-flight set     KEYS[6]  the job's event stream
+-- ARGV[1]  job id                     ARGV[2]  result JSON
+-- ARGV[3]  result TTL s (result and stream)   ARGV[4]  terminal event type (done, failed, ...)
+-- ARGV[5]  "1" to cache the result in L1, else "0"            ARGV[6]  L1 TTL s
+-- ARGV[7]  "1" to add ARGV[8] to the near bucket, else "0"    ARGV[8]  near-index member
+-- ARGV[9]  "1" to append ARGV[10] as a last delta first, else "0"   ARGV[10] JSON data of that delta
+-- ARGV[11] stream max length          ARGV[12] now (near-index score)
+-- ARGV[13] pub/sub channel            ARGV[14] message published on it
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+if ARGV[9] == '1' then append_event(KEYS[6], 'delta', ARGV[10], ARGV[11]) end
+append_event(KEYS[6], ARGV[4], ARGV[2], ARGV[11])
+redis.call('EXPIRE', KEYS[6], ARGV[3])
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+redis.call('ZREM', KEYS[5], ARGV[1])
+if ARGV[5] == '1' then
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[6])
+  if ARGV[7] == '1' then
+    redis.call('ZADD', KEYS[4], ARGV[12], ARGV[8])
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -257)
+    redis.call('EXPIRE', KEYS[4], ARGV[6])
+  end
+end
+redis.call('PUBLISH', ARGV[13], ARGV[14])
+return 1
