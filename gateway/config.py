@@ -46,7 +46,7 @@ class GatewaySettings(BaseSettings):
     max_messages: int = Field(default=64, ge=1, le=10_000)
     # A client's JSON Schema (response_format): serialized size and nesting depth.
     max_schema_bytes: int = Field(default=32 * 1024, ge=256)
-    max_schema_depth: int = Field(default=16, ge=2, le=64)
+    max_schema_depth: int = Field(default=32, ge=2, le=64)
     # Request bodies: a larger one is refused while it streams in, a slower one when a read stalls.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     body_read_timeout_s: float = Field(default=15.0, gt=0)

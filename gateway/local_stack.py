@@ -124,6 +124,7 @@ def _announce(base: str, metrics_port: int, model: str, auth: str) -> None:
     sample = _sample_image()
     print(f"""
 vlq is up.
+  web page   {base}/
   API        {base}/api/infer   (docs: {base}/docs)
   metrics    {base}/metrics  and worker http://127.0.0.1:{metrics_port}/metrics
   logs       {STATE}/logs/
@@ -131,7 +132,11 @@ vlq is up.
   auth       {"OFF (local default; every request is tenant 'public')" if auth == "false" else "on"}
 
 Try:
-  curl -F image=@{sample} -F prompt='What is in this picture?' {base}/api/infer
+  curl -F file=@{sample} {base}/api/media
+  curl {base}/api/infer -H 'Content-Type: application/json' -d '{{"messages": [{{"role": "user", "content": [
+      {{"type": "image_url", "image_url": {{"url": "vlq://media/<media_id>"}}}},
+      {{"type": "text", "text": "Extract the invoice fields."}}]}}], "task": "ocr", "max_tokens": 256}}'
+  curl -N '{base}/api/stream?request_id=<request_id>'
   curl '{base}/api/result?request_id=<request_id>&wait=30'
 
 Ctrl-C stops everything.""", flush=True)

@@ -8,6 +8,7 @@ upload    cache-hit POST of a 1080p JPEG ÷ a bare FastAPI upload endpoint      
 overhead  submit -> done with the instant engine, gateway and queue-only; jobs/s   (goals p50 <= 5 ms, >= 500/s)
 curve     throughput and p99 at 1, 4, 16, 64 in flight, instant engine              (no goal: the curve)
 engine    queue-fed ÷ direct vLLM throughput, tiny model, same engine; and its curve (goal >= 0.9)
+stream    vLLM engine throughput with streamed deltas ÷ final-only, and first delta vs done (goal >= 0.95)
 
 Output is Markdown; a copy goes to loadtest/reports/bench-<time>.md. Every process a benchmark starts
 (redis-server, worker, gateway, engine) listens on loopback only and is stopped by PID when it ends.
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from loadtest import bench_curve, bench_engine, bench_keys, bench_overhead, bench_upload
+from loadtest import bench_curve, bench_engine, bench_keys, bench_overhead, bench_stream, bench_upload
 from loadtest.measure import Check, checks_table
 from loadtest.stack import ROOT
 
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, Callable[[], list[Check]]] = {
     "overhead": bench_overhead.run,
     "curve": bench_curve.run,
     "engine": bench_engine.run,
+    "stream": bench_stream.run,
 }
 
 

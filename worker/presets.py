@@ -19,7 +19,7 @@ The schemas are ``worker/schemas/ocr.json`` and ``worker/schemas/gui.json``, rea
 ``maxLength``, every array a ``maxItems``, every object ``additionalProperties: false`` with all properties
 required: the engine's grammar then has to end, and it ends within 256 tokens even for the test suite's
 random-weight model, whose strings run to their ``maxLength`` and whose arrays fill up by chance (greedy, with
-xgrammar and no free whitespace, 18 prompts: at most 177 tokens for ``ocr``, 219 for ``gui``). Each GUI element
+xgrammar and no free whitespace, 18 prompts: at most 177 tokens for ``ocr``, 214 for ``gui``). Each GUI element
 costs about 60 tokens whatever its strings, so ``elements`` holds at most 3 and OCR ``line_items`` at most 3;
 raising them means raising the ``max_tokens`` the tests ask for. No string combines ``maxLength`` with
 ``pattern`` or ``format``, which xgrammar cannot do.

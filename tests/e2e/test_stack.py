@@ -5,6 +5,7 @@ module; the SIGKILL test runs last and restarts the worker.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -180,6 +181,90 @@ def test_prompt_too_long_for_the_model_fails_clearly_and_the_worker_keeps_servin
     assert "Traceback" not in too_long["error"]["message"]
     after = final(http, submit(http, make_image((250, 2, 1))))
     assert after["status"] == "done"
+
+
+def ask(http: httpx.Client, messages: list[dict], **extra: object) -> httpx.Response:
+    return http.post("/api/infer", json={"messages": messages, "max_tokens": 12, **extra})
+
+
+def user(*parts: dict | str) -> dict:
+    return {"role": "user", "content": [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]}
+
+
+def upload(http: httpx.Client, image: bytes) -> dict:
+    response = http.post("/api/media", files={"file": ("shot.png", image, "image/png")})
+    assert response.status_code == 201, response.text
+    return {"type": "image_url", "image_url": {"url": f"vlq://media/{response.json()['media_id']}"}}
+
+
+def sse(http: httpx.Client, request_id: str) -> list[tuple[int | None, str, dict]]:
+    found: list[tuple[int | None, str, dict]] = []
+    with http.stream("GET", f"/api/stream?request_id={request_id}") as response:
+        assert response.status_code == 200
+        event: dict[str, str] = {}
+        for line in response.iter_lines():
+            if line == "":
+                if "event" in event:
+                    found.append((int(event["id"]) if "id" in event else None, event["event"],
+                                  json.loads(event["data"])))
+                event = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                event[name] = value
+    return found
+
+
+def test_three_turn_conversation_answers_by_history_and_is_cached(http: httpx.Client, rdb: Redis) -> None:
+    image = upload(http, make_image((200, 200, 20), size=(224, 224)))
+    history = [user(image, "What is this?"), {"role": "assistant", "content": "A yellow square."},
+               user("What colour is it?")]
+    other = [history[0], {"role": "assistant", "content": "Nothing at all, really."}, history[2]]
+    first, second = final(http, ask(http, history)), final(http, ask(http, other))
+    assert first["status"] == second["status"] == "done"
+    assert first["result"]["text"] != second["result"]["text"]  # the history reached the model
+    calls = engine_calls(rdb)
+    repeat = ask(http, history)
+    assert repeat.status_code == 200 and repeat.headers["x-cache"] == "HIT-L1"
+    assert repeat.json()["result"]["text"] == first["result"]["text"]
+    assert engine_calls(rdb) == calls
+
+
+def test_streamed_deltas_make_the_answer(http: httpx.Client) -> None:
+    accepted = ask(http, [user(upload(http, make_image((30, 90, 160))), "Tell a long story.")], max_tokens=48,
+                   cache="off")
+    events = sse(http, accepted.json()["request_id"])
+    durable = [e for e in events if e[0] is not None]
+    assert [e[0] for e in durable] == list(range(1, len(durable) + 1))
+    assert durable[0][1] == "queued" and durable[-1][1] == "done"
+    deltas = [e[2]["text"] for e in durable if e[1] == "delta"]
+    assert len(deltas) >= 2  # streamed, not one final blob
+    done = durable[-1][2]
+    assert "".join(deltas) == done["result"]["text"] == final(http, accepted)["result"]["text"]
+    timings = done["timings"]
+    print(f"\nfirst delta after {timings['first_delta_s']} s, done after {timings['total_s']} s, "
+          f"{len(deltas)} deltas for {done['result']['usage']['completion_tokens']} tokens")
+    assert 0 < timings["first_delta_s"] < timings["total_s"]
+
+
+def test_json_schema_and_task_presets_validate(http: httpx.Client) -> None:
+    from jsonschema import validate
+
+    from worker.presets import Task, preset
+
+    shot = upload(http, make_image((240, 240, 240), size=(320, 240), text="Pay 12.50 EUR  [ OK ]"))
+    schema = {"type": "object", "additionalProperties": False, "required": ["total", "kind"],
+              "properties": {"total": {"type": "string", "maxLength": 12},
+                             "kind": {"type": "string", "enum": ["invoice", "receipt"]}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "bill", "schema": schema}}
+    answer = final(http, ask(http, [user(shot, "Extract the total.")], response_format=fmt, max_tokens=64))
+    assert answer["status"] == "done", answer
+    validate(answer["result"]["json"], schema)
+    assert json.loads(answer["result"]["text"]) == answer["result"]["json"]
+    for task in (Task.OCR, Task.GUI):
+        result = final(http, ask(http, [user(shot, "Go.")], task=task.value, max_tokens=400))
+        assert result["status"] == "done", result
+        assert result["result"]["json"] is not None, result["result"]
+        validate(result["result"]["json"], preset(task).schema)
 
 
 def test_sigkilled_worker_jobs_finish_on_a_restarted_worker(http: httpx.Client, stack: Stack) -> None:
