@@ -158,11 +158,12 @@ def _single_turn(params: InferParams, images: list[bytes], settings: GatewaySett
     if len(params.prompt) > settings.max_prompt_chars:
         raise UnprocessableError("prompt_too_long",
                                  f"the prompt is longer than {settings.max_prompt_chars} characters", "prompt")
-    return _finish(params, [Message(role=Role.USER, content=parts)], inputs, settings)
+    return finish_submission(params, [Message(role=Role.USER, content=parts)], inputs, settings)
 
 
-def _finish(params: InferParams, messages: list[Message], images: list[ImageInput],
-            settings: GatewaySettings) -> Submission:
+def finish_submission(params: InferParams, messages: list[Message], images: list[ImageInput],
+                      settings: GatewaySettings) -> Submission:
+    """The submission of a conversation: sampling filled in, the response format and task preset applied."""
     max_tokens = params.max_tokens or settings.default_max_tokens
     if max_tokens > settings.max_tokens_limit:
         raise UnprocessableError("invalid_parameter", f"max_tokens is at most {settings.max_tokens_limit}",
@@ -252,7 +253,7 @@ async def _from_json(request: Request, settings: GatewaySettings) -> Submission:
                     max_images=settings.max_images)
     messages, inputs = to_conversation(
         body.messages, limits, lambda url, param: decode_data_url(url, param, settings.max_image_bytes))
-    return _finish(params, messages, inputs, settings)
+    return finish_submission(params, messages, inputs, settings)
 
 
 def decode_data_url(url: str, param: str, max_bytes: int) -> bytes:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 from gateway import eta, records
 from gateway.backend import Backend
@@ -23,14 +25,51 @@ from worker import events
 from worker.contract import JobResult, JobState, RequestRecord, StreamEvent
 
 
-def frame(kind: str, data: str, seq: int | None = None) -> bytes:
+@dataclass(frozen=True)
+class Item:
+    """One event as a reader sees it: its id (None for live updates), type and JSON data.
+
+    A terminal event's data is the request's final body (``gateway.results.final_body``).
+    """
+
+    seq: int | None
+    kind: str
+    data: dict[str, Any]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.kind in _TERMINAL
+
+
+_TERMINAL = frozenset(kind.value for kind in StreamEvent if kind.is_terminal)
+
+
+def frame(item: Item) -> bytes:
     """One SSE event."""
-    head = f"id: {seq}\n" if seq is not None else ""
-    return f"{head}event: {kind}\ndata: {data}\n\n".encode()
+    head = f"id: {item.seq}\n" if item.seq is not None else ""
+    return f"{head}event: {item.kind}\ndata: {json.dumps(item.data, ensure_ascii=False)}\n\n".encode()
+
+
+KEEPALIVE = Item(seq=None, kind="keepalive", data={})
 
 
 async def open_stream(backend: Backend, request_id: str, tenant: str, after: int) -> AsyncIterator[bytes]:
-    """Check the request (404 before any byte is sent) and return its event generator."""
+    """Check the request (404 before any byte is sent) and return its SSE byte stream."""
+    items = await open_events(backend, request_id, tenant, after)
+
+    async def frames() -> AsyncIterator[bytes]:
+        async for item in items:
+            yield b": keepalive\n\n" if item is KEEPALIVE else frame(item)
+
+    return frames()
+
+
+async def open_events(backend: Backend, request_id: str, tenant: str, after: int) -> AsyncIterator[Item]:
+    """Check the request (404 if unknown or another tenant's) and return its events after ``after``.
+
+    ``KEEPALIVE`` items come when nothing happened for ``stream_keepalive_s``; the iterator ends after the
+    terminal event. Every interface that streams (the API, the OpenAI facade) reads this.
+    """
     stored = await records.read(backend.aredis, request_id)
     if stored is None or stored.record.tenant != tenant:
         raise NotFoundError("request_not_found", "no such request", "request_id")
@@ -41,16 +80,16 @@ async def open_stream(backend: Backend, request_id: str, tenant: str, after: int
     return _follow(backend, request_id, tenant, stored.record, after)
 
 
-async def _replay_hit(request_id: str, result: JobResult, x_cache: str, after: int) -> AsyncIterator[bytes]:
+async def _replay_hit(request_id: str, result: JobResult, x_cache: str, after: int) -> AsyncIterator[Item]:
     text = result.result.text if result.result is not None else ""
     if after < 1:
-        yield frame(StreamEvent.DELTA.value, events.dumps({"text": text}), 1)
+        yield Item(1, StreamEvent.DELTA.value, {"text": text})
     if after < 2:
-        yield frame(result.state.value, json.dumps(final_body(request_id, result, x_cache)), 2)
+        yield Item(2, result.state.value, final_body(request_id, result, x_cache))
 
 
 async def _follow(backend: Backend, request_id: str, tenant: str, record: RequestRecord,
-                  after: int) -> AsyncIterator[bytes]:
+                  after: int) -> AsyncIterator[Item]:
     job_id = str(record.job_id)
     settings = backend.settings
     queued = True
@@ -74,24 +113,24 @@ async def _follow(backend: Backend, request_id: str, tenant: str, record: Reques
         if queued:
             standing = await eta.for_job(backend, job_id)
             if standing.position is not None:
-                yield frame(StreamEvent.QUEUED.value, json.dumps(standing.body()))
+                yield Item(None, StreamEvent.QUEUED.value, standing.body())
                 last_sent = time.monotonic()
                 continue
         if time.monotonic() - last_sent >= settings.stream_keepalive_s - 0.5:
-            yield b": keepalive\n\n"
+            yield KEEPALIVE
             last_sent = time.monotonic()
 
 
-def _durable(request_id: str, x_cache: str, event: events.Event) -> bytes:
+def _durable(request_id: str, x_cache: str, event: events.Event) -> Item:
     if event.is_terminal:
         result = JobResult.model_validate_json(event.data)
-        return frame(event.kind.value, json.dumps(final_body(request_id, result, x_cache)), event.seq)
-    return frame(event.kind.value, event.data, event.seq)
+        return Item(event.seq, event.kind.value, final_body(request_id, result, x_cache))
+    return Item(event.seq, event.kind.value, json.loads(event.data))
 
 
-async def _own_ending(backend: Backend, request_id: str, tenant: str) -> bytes | None:
+async def _own_ending(backend: Backend, request_id: str, tenant: str) -> Item | None:
     """A terminal event for this request alone: canceled by its client, or expired in the queue."""
     current = await view(backend, request_id, tenant, with_standing=False)
     if current.state in (JobState.CANCELED, JobState.EXPIRED) and current.is_final and current.result is not None:
-        return frame(current.state.value, json.dumps(current.body()))
+        return Item(None, current.state.value, current.body())
     return None
