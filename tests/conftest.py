@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -149,3 +151,18 @@ def processes(tmp_path: Path) -> Iterator[ProcessGroup]:
     group = ProcessGroup(tmp_path)
     yield group
     group.stop_all()
+
+
+def parse_sse(lines: Iterable[str]) -> list[tuple[int | None, str, Any]]:
+    """Server-Sent Events as (id or None, type, JSON data); comment lines are skipped."""
+    found: list[tuple[int | None, str, Any]] = []
+    event: dict[str, str] = {}
+    for line in lines:
+        if line == "":
+            if "event" in event:
+                found.append((int(event["id"]) if "id" in event else None, event["event"], json.loads(event["data"])))
+            event = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            event[name] = value
+    return found

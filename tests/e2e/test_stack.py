@@ -17,7 +17,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from tests.conftest import ROOT, ProcessGroup, RedisProcess, free_port, make_image
+from tests.conftest import ROOT, ProcessGroup, RedisProcess, free_port, make_image, parse_sse
 from worker.config import DEFAULT_MODEL
 from worker.constants import ENGINE_CALLS, MAX_INFLIGHT_SEEN
 
@@ -198,20 +198,9 @@ def upload(http: httpx.Client, image: bytes) -> dict:
 
 
 def sse(http: httpx.Client, request_id: str) -> list[tuple[int | None, str, dict]]:
-    found: list[tuple[int | None, str, dict]] = []
     with http.stream("GET", f"/api/stream?request_id={request_id}") as response:
         assert response.status_code == 200
-        event: dict[str, str] = {}
-        for line in response.iter_lines():
-            if line == "":
-                if "event" in event:
-                    found.append((int(event["id"]) if "id" in event else None, event["event"],
-                                  json.loads(event["data"])))
-                event = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(": ")
-                event[name] = value
-    return found
+        return parse_sse(response.iter_lines())
 
 
 def test_three_turn_conversation_answers_by_history_and_is_cached(http: httpx.Client, rdb: Redis) -> None:

@@ -15,6 +15,7 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from tests.conftest import parse_sse
 from tests.gateway.conftest import MODEL, ThreadWorker, job_of
 from tests.gateway.test_hostile_input import data_url
 from worker.constants import ENGINE_CALLS, INFER_FUNC, QUEUE_NAME, REQUEST_PREFIX
@@ -47,21 +48,10 @@ def ask(client: TestClient, messages: list[dict[str, Any]], **extra: Any) -> Any
 def events(client: TestClient, request_id: str, last: str | None = None) -> list[tuple[int | None, str, Any]]:
     """Every event of a request's stream: (id or None, type, data)."""
     headers = {"Last-Event-ID": last} if last else {}
-    found: list[tuple[int | None, str, Any]] = []
     with client.stream("GET", f"/api/stream?request_id={request_id}", headers=headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        event: dict[str, str] = {}
-        for line in response.iter_lines():
-            if line == "":
-                if "event" in event:
-                    found.append((int(event["id"]) if "id" in event else None, event["event"],
-                                  json.loads(event["data"])))
-                event = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(": ")
-                event[name] = value
-    return found
+        return parse_sse(response.iter_lines())
 
 
 def final(client: TestClient, request_id: str) -> dict[str, Any]:
