@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway import eta, records
 from gateway.backend import Backend
-from gateway.errors import NotFoundError
+from gateway.errors import ApiError, NotFoundError
 from gateway.results import final_body, view
 from worker import events
 from worker.contract import JobResult, JobState, RequestRecord, StreamEvent
@@ -77,6 +77,8 @@ async def open_events(backend: Backend, request_id: str, tenant: str, after: int
         return _replay_hit(request_id, stored.record.result, stored.record.x_cache, after)
     if stored.record.job_id is None:
         raise NotFoundError("request_not_found", "no such request", "request_id")
+    # A request whose job and result expired is a 410 now, before the stream starts.
+    await view(backend, request_id, tenant, with_standing=False)
     return _follow(backend, request_id, tenant, stored.record, after)
 
 
@@ -129,8 +131,13 @@ def _durable(request_id: str, x_cache: str, event: events.Event) -> Item:
 
 
 async def _own_ending(backend: Backend, request_id: str, tenant: str) -> Item | None:
-    """A terminal event for this request alone: canceled by its client, or expired in the queue."""
-    current = await view(backend, request_id, tenant, with_standing=False)
+    """A terminal event for this request alone: canceled by its client, expired in the queue, or its job
+    gone from Redis while the stream was open (a job that ended has its terminal event in the stream)."""
+    try:
+        current = await view(backend, request_id, tenant, with_standing=False)
+    except ApiError as exc:
+        return Item(None, "failed", {"request_id": request_id, "status": "failed",
+                                     "error": {"code": exc.code, "message": exc.message}})
     if current.state in (JobState.CANCELED, JobState.EXPIRED) and current.is_final and current.result is not None:
         return Item(None, current.state.value, current.body())
     return None

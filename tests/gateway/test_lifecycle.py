@@ -263,3 +263,14 @@ def test_cancel_ends_the_stream(client: TestClient, worker_factory: Callable[...
     assert canceled.json()["status"] == "canceled"
     seen = events(client, accepted["request_id"])
     assert seen[-1][1] == "canceled" and seen[-1][2]["error"]["code"] == "canceled"
+
+
+def test_stream_of_an_expired_result_is_410(client: TestClient, worker_factory: Callable[..., ThreadWorker],
+                                            image_factory: Callable[..., bytes], redis_client: Redis) -> None:
+    worker_factory()
+    accepted = ask(client, [user(data_url_part(image_factory((8, 1, 8))), "expire me")]).json()
+    final(client, accepted["request_id"])
+    job_id = job_of(redis_client, accepted["request_id"])
+    redis_client.delete(f"vlq:result:{job_id}", f"rq:job:{job_id}", f"vlq:stream:{job_id}")  # as their TTLs would
+    response = client.get(accepted["stream_url"])
+    assert response.status_code == 410 and response.json()["error"]["code"] == "result_expired"
