@@ -77,6 +77,8 @@ class GatewaySettings(BaseSettings):
     max_wait_s: float = Field(default=60.0, ge=0)
     # Wait estimates before any worker measured its service time (seconds a job holds a slot).
     eta_prior_service_s: float = Field(default=2.0, gt=0)
+    # How long a worker takes to start, before one measured it (requests waiting while the pool scales from 0).
+    cold_start_prior_s: float = Field(default=120.0, gt=0)
     # A comment line on every open event stream this often, so proxies keep it open.
     stream_keepalive_s: float = Field(default=15.0, gt=0)
     # While a request is queued, its stream sends a fresh position and estimate this often.

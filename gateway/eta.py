@@ -10,7 +10,9 @@ job starts after about floor((R + p) / C) service times and is done one service 
 
 Before any worker measured S, the configured prior (``VLQ_GATEWAY_ETA_PRIOR_SERVICE_S``) stands in.
 With no live worker there is no estimate: ``eta_s`` is null and ``warming`` is true (a worker is expected
-to start, e.g. scaling from zero), unless the gateway requires a live worker (then it answers 503).
+to start, e.g. scaling from zero), unless the gateway requires a live worker (then it answers 503); then
+``cold_start_s`` says how long a worker takes to start: the last one measured (process start to ready,
+kept in Redis by each worker), or ``VLQ_GATEWAY_COLD_START_PRIOR_S`` before any was.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from gateway.backend import Backend
 from worker import capacity
-from worker.constants import CAPACITY_KEY
+from worker.constants import CAPACITY_KEY, COLD_START_KEY
 from worker.rqjobs import started_key
 
 
@@ -31,15 +33,21 @@ class Standing:
     position: int | None
     eta_s: float | None
     warming: bool
+    # While warming: how long a worker takes to start (last measured, or the configured prior).
+    cold_start_s: float | None = None
 
     def body(self) -> dict[str, object]:
-        return {"position": self.position, "eta_s": self.eta_s, "warming": self.warming}
+        body: dict[str, object] = {"position": self.position, "eta_s": self.eta_s, "warming": self.warming}
+        if self.warming:
+            body["cold_start_s"] = self.cold_start_s
+        return body
 
 
-def estimate(position: int, running: int, live: capacity.Capacity, prior_s: float) -> Standing:
+def estimate(position: int, running: int, live: capacity.Capacity, prior_s: float,
+             cold_start_s: float | None = None) -> Standing:
     """The formula in the module docstring."""
     if live.slots <= 0:
-        return Standing(position=position, eta_s=None, warming=True)
+        return Standing(position=position, eta_s=None, warming=True, cold_start_s=cold_start_s)
     service = live.service_s or prior_s
     return Standing(position=position, eta_s=round(service * (1 + (running + position) // live.slots), 3),
                     warming=False)
@@ -51,9 +59,11 @@ async def for_new_job(backend: Backend) -> tuple[int, Standing]:
         pipe.llen(backend.queue.key)
         pipe.zcard(started_key(backend.queue))
         pipe.hgetall(CAPACITY_KEY)
-        depth, running, entries = await pipe.execute()
+        pipe.get(COLD_START_KEY)
+        depth, running, entries, cold = await pipe.execute()
     live = capacity.parse(entries, time.time())
-    return int(depth), estimate(int(depth), int(running), live, backend.settings.eta_prior_service_s)
+    return int(depth), estimate(int(depth), int(running), live, backend.settings.eta_prior_service_s,
+                                _cold_start(backend, cold))
 
 
 async def for_job(backend: Backend, job_id: str) -> Standing:
@@ -62,8 +72,15 @@ async def for_job(backend: Backend, job_id: str) -> Standing:
         pipe.lpos(backend.queue.key, job_id)
         pipe.zcard(started_key(backend.queue))
         pipe.hgetall(CAPACITY_KEY)
-        position, running, entries = await pipe.execute()
+        pipe.get(COLD_START_KEY)
+        position, running, entries, cold = await pipe.execute()
     if not isinstance(position, int):
         return Standing(position=None, eta_s=None, warming=False)
     live = capacity.parse(entries, time.time())
-    return estimate(position, int(running), live, backend.settings.eta_prior_service_s)
+    return estimate(position, int(running), live, backend.settings.eta_prior_service_s,
+                    _cold_start(backend, cold))
+
+
+def _cold_start(backend: Backend, raw: object) -> float:
+    measured = capacity.parse_cold_start(raw)
+    return round(measured if measured is not None else backend.settings.cold_start_prior_s, 1)

@@ -89,7 +89,7 @@ async def infer(request: Request, backend: BackendDep, tenant: TenantDep,
             headers["X-Cache-Match"] = "near"
         body = final_body(outcome.request_id, outcome.result, outcome.x_cache)
         return JSONResponse(body, status_code=200, headers=headers)
-    return await _accepted(backend, outcome, headers)
+    return await _accepted(backend, outcome, headers, submission.params.deadline_s)
 
 
 def _idempotency(header: str | None, tenant: str) -> str | None:
@@ -101,7 +101,8 @@ def _idempotency(header: str | None, tenant: str) -> str | None:
     return idempotency_key(tenant, header)
 
 
-async def _accepted(backend: Backend, outcome: Accepted, headers: dict[str, str]) -> JSONResponse:
+async def _accepted(backend: Backend, outcome: Accepted, headers: dict[str, str],
+                    deadline_s: float | None) -> JSONResponse:
     url = f"/api/result?request_id={outcome.request_id}"
     # A new job's position is exact as of its enqueue (a worker may have taken it since); an attached
     # request gets its job's position now.
@@ -109,6 +110,10 @@ async def _accepted(backend: Backend, outcome: Accepted, headers: dict[str, str]
     body: dict[str, Any] = {"request_id": outcome.request_id, "status": JobState.QUEUED.value, **standing.body(),
                             "result_url": url, "stream_url": f"/api/stream?request_id={outcome.request_id}",
                             "cached": False, "x_cache": outcome.x_cache}
+    if standing.warming and deadline_s and standing.cold_start_s and deadline_s < standing.cold_start_s:
+        # Accepted all the same (a worker may be starting already); the client can cancel now.
+        body["warning"] = (f"no worker is up and one takes about {standing.cold_start_s:g} s to start: "
+                           f"the deadline of {deadline_s:g} s will likely pass first")
     return JSONResponse(body, status_code=202, headers={**headers, "Location": url})
 
 

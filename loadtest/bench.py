@@ -9,6 +9,7 @@ overhead  submit -> done with the instant engine, gateway and queue-only; jobs/s
 curve     throughput and p99 at 1, 4, 16, 64 in flight, instant engine              (no goal: the curve)
 engine    queue-fed ÷ direct vLLM throughput, tiny model, same engine; and its curve (goal >= 0.9)
 stream    vLLM engine throughput with streamed deltas ÷ final-only, and first delta vs done (goal >= 0.95)
+coldstart a pool at zero: worker process start to its first job done, vLLM tiny model     (no goal)
 
 Output is Markdown; a copy goes to loadtest/reports/bench-<time>.md. Every process a benchmark starts
 (redis-server, worker, gateway, engine) listens on loopback only and is stopped by PID when it ends.
@@ -28,7 +29,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from loadtest import bench_curve, bench_engine, bench_keys, bench_overhead, bench_stream, bench_upload
+from loadtest import (
+    bench_coldstart,
+    bench_curve,
+    bench_engine,
+    bench_keys,
+    bench_overhead,
+    bench_stream,
+    bench_upload,
+)
 from loadtest.measure import Check, checks_table
 from loadtest.stack import ROOT
 
@@ -39,6 +48,7 @@ BENCHMARKS: dict[str, Callable[[], list[Check]]] = {
     "curve": bench_curve.run,
     "engine": bench_engine.run,
     "stream": bench_stream.run,
+    "coldstart": bench_coldstart.run,
 }
 
 

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from rq.serializers import JSONSerializer
 from rq.worker import Worker, WorkerStatus
 
-from worker import metrics
+from worker import capacity, metrics
 from worker.config import WorkerSettings
 from worker.engine import Engine, InstantEngine
 from worker.rqjobs import open_queue
@@ -55,7 +55,7 @@ async def _keep_registered(rq_worker: Worker, runner: Runner, interval_s: float,
         await asyncio.sleep(interval_s)
 
 
-async def serve(settings: WorkerSettings) -> None:
+async def serve(settings: WorkerSettings, process_started: float | None = None) -> None:
     """Load the engine, register with RQ, run jobs until SIGTERM/SIGINT, drain, unregister."""
     name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
     health = metrics.Health()
@@ -65,6 +65,7 @@ async def serve(settings: WorkerSettings) -> None:
         started = time.monotonic()
         engine, health.gpu_memory = await build_engine(settings)
         log.info("engine %s ready in %.1f s", settings.engine, time.monotonic() - started)
+        await _record_cold_start(redis, time.time() - (process_started or time.time()))
         try:
             died = await _run_jobs(settings, engine, redis, name, health)
         finally:
@@ -77,6 +78,14 @@ async def serve(settings: WorkerSettings) -> None:
             server.shutdown()
             server.server_close()
     log.info("worker %s stopped", name)
+
+
+async def _record_cold_start(redis: Redis, seconds: float) -> None:
+    # The gateway tells requests waiting for a worker (scale from zero) how long a start takes.
+    try:
+        await asyncio.to_thread(capacity.record_cold_start, redis, seconds)
+    except RedisError as exc:
+        log.warning("could not record the cold start (%s)", type(exc).__name__)
 
 
 async def _register(redis: Redis, name: str) -> Worker:
@@ -115,7 +124,8 @@ async def _run_jobs(settings: WorkerSettings, engine: Engine, redis: Redis, name
 def main() -> None:
     """Run the worker with settings from the environment."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve(WorkerSettings()))
+    started = time.time()
+    asyncio.run(serve(WorkerSettings(), process_started=started))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from cache.codec import as_text
-from worker.constants import CAPACITY_KEY
+from worker.constants import CAPACITY_KEY, COLD_START_KEY
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,11 @@ def publish(redis: Redis, name: str, slots: int, service_s: float | None, ttl_s:
     redis.hset(CAPACITY_KEY, name, f"{slots}|{service_s or 0:.6f}|{lapses:.3f}")
 
 
+def record_cold_start(redis: Redis, seconds: float) -> None:
+    """Blocking: this worker took ``seconds`` from process start to ready."""
+    redis.set(COLD_START_KEY, f"{seconds:.3f}")
+
+
 def withdraw(redis: Redis, name: str) -> None:
     """Blocking: this worker takes no more work."""
     redis.hdel(CAPACITY_KEY, name)
@@ -68,6 +73,13 @@ def parse(entries: Mapping[Any, Any], now: float) -> Capacity:
         if service > 0:
             services.append(service)
     return Capacity(workers=workers, slots=slots, service_s=sum(services) / len(services) if services else None)
+
+
+def parse_cold_start(raw: object) -> float | None:
+    try:
+        return float(as_text(raw)) if raw is not None else None
+    except ValueError:
+        return None
 
 
 async def read(redis: AsyncRedis) -> Capacity:

@@ -24,6 +24,8 @@ MEDIA_PREFIX: Final = "vlq:media:"
 IMAGE_MEDIA_PREFIX: Final = "vlq:img-media:"
 # Live workers' capacity, for the ETA estimate: hash of worker name -> "<slots>|<service_s>|<lapses_at>".
 CAPACITY_KEY: Final = "vlq:capacity"
+# Seconds the most recent worker took from process start to ready (its cold start), for warming estimates.
+COLD_START_KEY: Final = "vlq:stats:cold-start-s"
 # Result document of a finished job (JSON), written once by whoever ends the job.
 RESULT_PREFIX: Final = "vlq:result:"
 # Uploaded image bytes, stored once by content digest; jobs carry the digest, not the bytes.

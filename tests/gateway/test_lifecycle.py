@@ -274,3 +274,20 @@ def test_stream_of_an_expired_result_is_410(client: TestClient, worker_factory: 
     redis_client.delete(f"vlq:result:{job_id}", f"rq:job:{job_id}", f"vlq:stream:{job_id}")  # as their TTLs would
     response = client.get(accepted["stream_url"])
     assert response.status_code == 410 and response.json()["error"]["code"] == "result_expired"
+
+
+def test_warming_says_how_long_a_cold_start_takes(
+        client_factory: Callable[..., TestClient], worker_factory: Callable[..., ThreadWorker],
+        image_factory: Callable[..., bytes], redis_client: Redis) -> None:
+    client = client_factory(cold_start_prior_s=90)
+    image = data_url_part(image_factory((2, 4, 6)))
+    prior = ask(client, [user(image, "wait")], deadline_s=30).json()
+    assert (prior["warming"], prior["eta_s"], prior["cold_start_s"]) == (True, None, 90)
+    assert "deadline of 30 s will likely pass" in prior["warning"]
+    from worker.capacity import record_cold_start
+
+    record_cold_start(redis_client, 12.34)  # what a worker does once it is ready
+    measured = ask(client, [user(image, "wait too")], deadline_s=60).json()
+    assert measured["cold_start_s"] == 12.3 and "warning" not in measured
+    worker_factory()
+    assert final(client, measured["request_id"])["status"] == "done"
