@@ -78,13 +78,9 @@ class ExactCache:
         found = await run_in_threadpool(self._l2.near, bucket, list(phashes), max_distance)
         return None if found is None else Hit(found[1], "HIT-L2", near=True)
 
-    async def remember(self, key: str, bucket: str | None, phashes: Sequence[str] | None) -> bool:
-        """Keep the L1 answer under ``key`` in L2 too (after a job ended). False if L1 no longer has it."""
-        raw = await self._redis.get(self.l1_key(key))
-        if raw is None:
-            return False
-        await run_in_threadpool(self._l2.put, key, as_bytes(raw), bucket, list(phashes) if phashes else None)
-        return True
+    async def remember(self, key: str, raw: bytes, bucket: str | None, phashes: Sequence[str] | None) -> None:
+        """Keep an answer in L2 (when its job ended; L1 got it in the same step)."""
+        await run_in_threadpool(self._l2.put, key, raw, bucket, list(phashes) if phashes else None)
 
 
 def near_member(key: str, phashes: Sequence[str]) -> str:

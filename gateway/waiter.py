@@ -4,8 +4,9 @@ Workers publish a job's id on ``EVENTS_CHANNEL`` when it ends. Waiters register 
 job's state, so an end between the check and the wait is never missed; a lost subscription wakes everyone
 (they re-check and, at worst, wait again until their own deadline).
 
-The same subscription hears ``CACHED_CHANNEL``: a cacheable answer's key, which this gateway then keeps in
-its L2, however (or whether) the answer is delivered to a client.
+The same subscription hears ``CACHED_CHANNEL``: a cacheable answer (published by the finish script only
+when it wrote the result, so L1 and every L2 hold the same answer), which this gateway keeps in its L2,
+however (or whether) the answer is delivered to a client.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class ResultWaiter:
     def __init__(self, redis_url: str, cache: ExactCache | None = None) -> None:
         self._redis_url = redis_url
         self._cache = cache
-        self._remembering: set[asyncio.Task[bool]] = set()
+        self._remembering: set[asyncio.Task[None]] = set()
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
@@ -82,14 +83,14 @@ class ResultWaiter:
             return
         try:
             entry = json.loads(data)
-            key, bucket, phashes = str(entry["k"]), entry.get("b"), entry.get("p")
+            key, raw, bucket, phashes = str(entry["k"]), str(entry["r"]).encode(), entry.get("b"), entry.get("p")
         except (ValueError, KeyError, TypeError):
             return
-        task = asyncio.create_task(self._cache.remember(key, bucket, phashes))
+        task = asyncio.create_task(self._cache.remember(key, raw, bucket, phashes))
         self._remembering.add(task)
         task.add_done_callback(self._remembered)
 
-    def _remembered(self, task: asyncio.Task[bool]) -> None:
+    def _remembered(self, task: asyncio.Task[None]) -> None:
         self._remembering.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("could not keep an answer in L2 (%s)", type(task.exception()).__name__)

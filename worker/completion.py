@@ -92,11 +92,9 @@ def _publish(client: Redis | Pipeline, scripts: Scripts, ending: Ending) -> Any:
         ending.result.state.value, _FLAGS[cacheable], payload.cache_ttl_s if payload else 1,
         _FLAGS[near], near_member(cache_key, phashes or []) if near else "-",
         _FLAGS[bool(ending.tail)], dumps({"text": ending.tail}), STREAM_MAXLEN, time.time(),
-        EVENTS_CHANNEL, ending.job_id]
-    written = scripts.finish(keys=keys, args=args, client=client)
-    if cacheable:
-        client.publish(CACHED_CHANNEL, dumps({"k": cache_key, "b": bucket, "p": phashes}))
-    return written
+        EVENTS_CHANNEL, ending.job_id, CACHED_CHANNEL,
+        dumps({"k": cache_key, "b": bucket, "p": phashes, "r": result_json}) if cacheable else "-"]
+    return scripts.finish(keys=keys, args=args, client=client)
 
 
 def _rq_bookkeeping(pipe: Pipeline, redis: Redis, job: Job, execution: Execution | None, result: JobResult,

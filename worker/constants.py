@@ -38,8 +38,8 @@ INFLIGHT_PREFIX: Final = "vlq:inflight:"
 NEAR_PREFIX: Final = "vlq:near:"
 # Pub/sub channel on which the id of every job that reached a final state is published.
 EVENTS_CHANNEL: Final = "vlq:events"
-# Pub/sub channel on which a cacheable answer's {"k": cache key, "b": near bucket, "p": pHashes} is
-# published when its job ends, so that every gateway keeps it in its L2.
+# Pub/sub channel on which a cacheable answer {"k": cache key, "r": result JSON, "b": near bucket,
+# "p": pHashes} is published when its job ends, so that every gateway keeps it in its L2.
 CACHED_CHANNEL: Final = "vlq:cached"
 # Idempotency key -> request id, per tenant.
 IDEMPOTENCY_PREFIX: Final = "vlq:idem:"

@@ -11,6 +11,8 @@
 -- ARGV[9]  "1" to append ARGV[10] as a last delta first, else "0"   ARGV[10] JSON data of that delta
 -- ARGV[11] stream max length          ARGV[12] now (near-index score)
 -- ARGV[13] pub/sub channel            ARGV[14] message published on it
+-- ARGV[15] channel of cached answers  ARGV[16] message published there when ARGV[5] == "1" (gateways keep
+--          the answer in their L2 from it)
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 if ARGV[9] == '1' then append_event(KEYS[6], 'delta', ARGV[10], ARGV[11]) end
@@ -20,6 +22,7 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 redis.call('ZREM', KEYS[5], ARGV[1])
 if ARGV[5] == '1' then
   redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[6])
+  redis.call('PUBLISH', ARGV[15], ARGV[16])
   if ARGV[7] == '1' then
     redis.call('ZADD', KEYS[4], ARGV[12], ARGV[8])
     redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -257)
