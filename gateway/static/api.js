@@ -63,7 +63,16 @@ async function call(url, init = {}) {
 
 async function json(url, init) {
   const response = await call(url, init);
-  return { status: response.status, body: await response.json(), headers: response.headers };
+  let body;
+  try {
+    body = await response.json();
+  } catch (exc) {
+    // The connection dropped while the body was read (a reload, a network change): like no answer at
+    // all, so callers retry (a POST with its Idempotency-Key) instead of calling the request failed.
+    if (exc && exc.name === "AbortError") throw exc;
+    throw new ApiError(0, { message: "the answer was cut off; retrying", code: "network_error" });
+  }
+  return { status: response.status, body, headers: response.headers };
 }
 
 /** GET /api/info: model, whether a key is required, limits, tasks. */

@@ -80,7 +80,7 @@ def _gateway(procs: ProcessGroup, redis_url: str, workdir: Path, name: str, auth
     return Gateway(base, proc, auth)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebStack]:
     workdir = tmp_path_factory.mktemp("web-stack")
     redis, idle_redis = RedisProcess(workdir), RedisProcess(workdir / "idle")
@@ -105,7 +105,9 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebStack]:
         idle_redis.stop()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in the main thread while it
+# is open, and the tests after tests/web (tests/worker) call asyncio.run(), which refuses to run then.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium: `make browser` installs Debian's chromium")
