@@ -17,11 +17,11 @@ from fastapi.responses import FileResponse
 
 from gateway.deps import BackendDep
 from gateway.errors import NotFoundError
+from worker.presets import Task
 
 router = APIRouter()
 
 STATIC = Path(__file__).resolve().parent / "static"
-TASKS = ("vqa", "ocr", "gui")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'")
 SECURITY_HEADERS = {
@@ -87,5 +87,5 @@ async def info(request: Request, backend: BackendDep) -> dict[str, Any]:
         "auth_required": not request.app.state.keyring.open,
         "limits": {"max_images": settings.max_images, "max_image_bytes": settings.max_image_bytes,
                    "max_tokens_limit": settings.max_tokens_limit, "max_prompt_chars": settings.max_prompt_chars},
-        "tasks": list(TASKS),
+        "tasks": [task.value for task in Task],
     }
