@@ -80,7 +80,7 @@ async def _measure(settings: WorkerSettings, rounds: int, count: int, concurrenc
     return [Check("engine throughput, streaming on ÷ off", ratio, GOAL, higher_is_better=True)]
 
 
-def run(rounds: int = 3, count: int = 32, concurrency: int = 16, max_tokens: int = 64) -> list[Check]:
+def run(rounds: int = 5, count: int = 48, concurrency: int = 16, max_tokens: int = 64) -> list[Check]:
     """Start the engine, compare, stop it. Call under a ``__main__`` guard (vLLM spawns its core)."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     settings = WorkerSettings(metrics_port=0, max_num_seqs=16, max_model_len=2048, enforce_eager=True)
