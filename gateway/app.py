@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager, suppress
 from anyio import to_thread
 from fastapi import FastAPI
 
-from gateway import errors, media_routes, routes, web
+from gateway import errors, media_routes, openai_api, routes, web
 from gateway.auth import Keyring
 from gateway.backend import connect
 from gateway.config import GatewaySettings
@@ -65,6 +65,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(media_routes.router)
+    app.include_router(openai_api.router)
     app.include_router(web.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s,
                        deadline_s=settings.body_deadline_s)

@@ -75,6 +75,8 @@ class GatewaySettings(BaseSettings):
     media_ttl_s: int = Field(default=86_400, ge=60)
     job_retries: int = Field(default=2, ge=0, le=10)
     max_wait_s: float = Field(default=60.0, ge=0)
+    # POST /v1/chat/completions without stream holds the call this long for the answer, then answers 504.
+    openai_wait_s: float = Field(default=120.0, gt=0)
     # Wait estimates before any worker measured its service time (seconds a job holds a slot).
     eta_prior_service_s: float = Field(default=2.0, gt=0)
     # How long a worker takes to start, before one measured it (requests waiting while the pool scales from 0).

@@ -275,12 +275,12 @@ def _params(model: type[M], fields: dict[str, Any]) -> M:
         return model.model_validate(fields)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = _param_name(first["loc"]) or None
+        param = param_name(first["loc"]) or None
         code = "prompt_empty" if param == "prompt" and first["type"] in _NO_PROMPT else "invalid_parameter"
         raise UnprocessableError(code, str(first["msg"]), param) from exc
 
 
-def _param_name(loc: tuple[int | str, ...]) -> str:
+def param_name(loc: tuple[int | str, ...]) -> str:
     """``("messages", 2, "content", 0, "image_url", "url")`` -> ``messages[2].content[0].image_url.url``.
 
     Pydantic adds union branch names (``str``, ``list[...]``, discriminator tags) to the location: dropped.

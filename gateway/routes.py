@@ -16,7 +16,7 @@ from gateway.intake import read_submission
 from gateway.limits import check_rate
 from gateway.results import View, cancel, final_body, view, wait_for_end
 from gateway.streams import open_stream
-from gateway.submit import Accepted, Answered, Replayed, idempotency_key, submit
+from gateway.submit import Accepted, Answered, Replayed, idempotency_of, submit
 from worker.contract import JobState
 
 router = APIRouter()
@@ -69,7 +69,7 @@ async def infer(request: Request, backend: BackendDep, tenant: TenantDep,
     (``X-Cache: HIT-L1`` or ``HIT-L2``). ``cache=near`` also accepts answers for near-identical images.
     A retried POST with the same ``Idempotency-Key`` returns the request the first one created.
     """
-    idem_key = _idempotency(idempotency_key, tenant)
+    idem_key = idempotency_of(idempotency_key, tenant)
     await check_rate(backend.aredis, tenant, backend.settings.rate_limit_per_minute)
     if backend.settings.require_live_worker:
         await backend.presence.require(backend.aredis)
@@ -90,15 +90,6 @@ async def infer(request: Request, backend: BackendDep, tenant: TenantDep,
         body = final_body(outcome.request_id, outcome.result, outcome.x_cache)
         return JSONResponse(body, status_code=200, headers=headers)
     return await _accepted(backend, outcome, headers, submission.params.deadline_s)
-
-
-def _idempotency(header: str | None, tenant: str) -> str | None:
-    if header is None:
-        return None
-    if not 1 <= len(header) <= 255 or not header.isascii() or not header.isprintable():
-        raise BadRequestError("invalid_idempotency_key", "Idempotency-Key is 1-255 printable ASCII characters",
-                              "Idempotency-Key")
-    return idempotency_key(tenant, header)
 
 
 async def _accepted(backend: Backend, outcome: Accepted, headers: dict[str, str],

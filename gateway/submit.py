@@ -33,7 +33,7 @@ from cache.keys import cache_key, image_digest, near_bucket
 from cache.tiers import Hit
 from gateway import eta, media, metrics, records
 from gateway.backend import Backend
-from gateway.errors import TooManyRequestsError, UnavailableError
+from gateway.errors import BadRequestError, TooManyRequestsError, UnavailableError
 from gateway.images import inspect, sniff
 from gateway.intake import Submission
 from gateway.messages import ImageInput
@@ -111,6 +111,16 @@ class _Plan:
 def idempotency_key(tenant: str, header: str) -> str:
     """Redis key of a client's Idempotency-Key, scoped to its tenant and hashed (keys are arbitrary text)."""
     return f"{IDEMPOTENCY_PREFIX}{tenant}:{hashlib.sha256(header.encode()).hexdigest()}"
+
+
+def idempotency_of(header: str | None, tenant: str) -> str | None:
+    """The Redis key of an ``Idempotency-Key`` header (None without one); 400 for a malformed header."""
+    if header is None:
+        return None
+    if not 1 <= len(header) <= 255 or not header.isascii() or not header.isprintable():
+        raise BadRequestError("invalid_idempotency_key", "Idempotency-Key is 1-255 printable ASCII characters",
+                              "Idempotency-Key")
+    return idempotency_key(tenant, header)
 
 
 def new_request_id() -> str:
