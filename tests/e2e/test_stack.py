@@ -219,7 +219,7 @@ def test_three_turn_conversation_answers_by_history_and_is_cached(http: httpx.Cl
 
 
 def test_streamed_deltas_make_the_answer(http: httpx.Client) -> None:
-    accepted = ask(http, [user(upload(http, make_image((30, 90, 160))), "Tell a long story.")], max_tokens=48,
+    accepted = ask(http, [user(upload(http, make_image((30, 90, 160))), "Tell a long story.")], max_tokens=96,
                    cache="off")
     events = sse(http, accepted.json()["request_id"])
     durable = [e for e in events if e[0] is not None]
