@@ -104,6 +104,7 @@ def main() -> None:
                    "VLQ_GATEWAY_HOST": opts.host, "VLQ_GATEWAY_PORT": str(opts.port),
                    "VLQ_GATEWAY_AUTH_ENABLED": os.environ.get("VLQ_GATEWAY_AUTH_ENABLED", "false")}
     try:
+        print(f"vlq      web page at http://{opts.host}:{opts.port}/ once the worker is up", flush=True)
         print(f"redis    redis-server on {redis_url} (AOF in {data}/)", flush=True)
         worker = _start("worker", [sys.executable, "-m", "worker"], worker_env)
         procs.append(worker)
