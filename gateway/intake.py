@@ -233,7 +233,8 @@ async def _read_upload(name: str, upload: UploadFile, settings: GatewaySettings)
     return await upload.read(settings.max_image_bytes + 1)
 
 
-async def _from_json(request: Request, settings: GatewaySettings) -> Submission:
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or 400 ``invalid_json``."""
     # ValueError covers bad syntax, bad UTF-8 and over-long integers; RecursionError, deep nesting.
     try:
         raw = json.loads(await request.body())
@@ -241,7 +242,11 @@ async def _from_json(request: Request, settings: GatewaySettings) -> Submission:
         raise BadRequestError("invalid_json", "the body is not valid JSON", None) from exc
     if not isinstance(raw, dict):
         raise BadRequestError("invalid_json", "the body must be a JSON object", None)
-    body = _params(JsonInferBody, raw)
+    return raw
+
+
+async def _from_json(request: Request, settings: GatewaySettings) -> Submission:
+    body = _params(JsonInferBody, await read_json_object(request))
     params = InferParams.model_validate(body.model_dump(exclude={"images", "messages"}, by_alias=True))
     if body.messages is None:
         if len(body.images) > settings.max_images:

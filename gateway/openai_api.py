@@ -55,7 +55,7 @@ from gateway.backend import Backend
 from gateway.config import GatewaySettings
 from gateway.deps import BackendDep, TenantDep
 from gateway.errors import ApiError, BadRequestError, NotFoundError
-from gateway.intake import Submission
+from gateway.intake import Submission, read_json_object
 from gateway.limits import check_rate
 from gateway.openai_models import Reply, as_bad_request, finish_reason, read_body, to_submission
 from gateway.results import wait_for_end
@@ -195,14 +195,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise BadRequestError("unsupported_content_type", "send application/json", None)
-    # ValueError covers bad syntax, bad UTF-8 and over-long integers; RecursionError, deep nesting.
-    try:
-        raw = json.loads(await request.body())
-    except (ValueError, RecursionError) as exc:
-        raise BadRequestError("invalid_json", "the body is not valid JSON", None) from exc
-    if not isinstance(raw, dict):
-        raise BadRequestError("invalid_json", "the body must be a JSON object", None)
-    return raw
+    return await read_json_object(request)
 
 
 def _answer(request: Request, reply: Reply, result: JobResult, headers: dict[str, str]) -> JSONResponse:
