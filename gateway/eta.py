@@ -17,12 +17,13 @@ kept in Redis by each worker), or ``VLQ_GATEWAY_COLD_START_PRIOR_S`` before any 
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from redis.asyncio.client import Pipeline as AsyncPipeline
 
 from gateway.backend import Backend
 from worker import capacity
-from worker.constants import CAPACITY_KEY, COLD_START_KEY
 from worker.rqjobs import started_key
 
 
@@ -55,32 +56,25 @@ def estimate(position: int, running: int, live: capacity.Capacity, prior_s: floa
 
 async def for_new_job(backend: Backend) -> tuple[int, Standing]:
     """(queue depth, the standing of a job enqueued now at its end), in one round trip."""
-    async with backend.aredis.pipeline(transaction=False) as pipe:
-        pipe.llen(backend.queue.key)
-        pipe.zcard(started_key(backend.queue))
-        pipe.hgetall(CAPACITY_KEY)
-        pipe.get(COLD_START_KEY)
-        depth, running, entries, cold = await pipe.execute()
-    live = capacity.parse(entries, time.time())
-    return int(depth), estimate(int(depth), int(running), live, backend.settings.eta_prior_service_s,
-                                _cold_start(backend, cold))
+    depth, standing = await _standing(backend, lambda pipe: pipe.llen(backend.queue.key))
+    return depth, standing or Standing(position=depth, eta_s=None, warming=False)
 
 
 async def for_job(backend: Backend, job_id: str) -> Standing:
     """The standing of a queued job now (position None if it is no longer in the queue)."""
+    _, standing = await _standing(backend, lambda pipe: pipe.lpos(backend.queue.key, job_id))
+    return standing or Standing(position=None, eta_s=None, warming=False)
+
+
+async def _standing(backend: Backend, position_of: Callable[[AsyncPipeline], object]) -> tuple[int, Standing | None]:
+    """The position ``position_of`` reads, and the standing there (None without a position)."""
     async with backend.aredis.pipeline(transaction=False) as pipe:
-        pipe.lpos(backend.queue.key, job_id)
+        position_of(pipe)
         pipe.zcard(started_key(backend.queue))
-        pipe.hgetall(CAPACITY_KEY)
-        pipe.get(COLD_START_KEY)
+        capacity.queue_reads(pipe)
         position, running, entries, cold = await pipe.execute()
     if not isinstance(position, int):
-        return Standing(position=None, eta_s=None, warming=False)
-    live = capacity.parse(entries, time.time())
-    return estimate(position, int(running), live, backend.settings.eta_prior_service_s,
-                    _cold_start(backend, cold))
-
-
-def _cold_start(backend: Backend, raw: object) -> float:
-    measured = capacity.parse_cold_start(raw)
-    return round(measured if measured is not None else backend.settings.cold_start_prior_s, 1)
+        return 0, None
+    live, measured = capacity.from_replies(entries, cold)
+    cold_start = round(measured if measured is not None else backend.settings.cold_start_prior_s, 1)
+    return position, estimate(position, int(running), live, backend.settings.eta_prior_service_s, cold_start)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.client import Pipeline as AsyncPipeline
+from redis.client import Pipeline
 
 from cache.codec import as_text
 from worker.constants import CAPACITY_KEY, COLD_START_KEY
@@ -82,9 +83,15 @@ def parse_cold_start(raw: object) -> float | None:
         return None
 
 
-async def read(redis: AsyncRedis) -> Capacity:
-    """The live workers' capacity now."""
-    return parse(await redis.hgetall(CAPACITY_KEY), time.time())
+def queue_reads(pipe: Pipeline | AsyncPipeline) -> None:
+    """Queue the reads that ``from_replies`` turns into (live capacity, last cold start)."""
+    pipe.hgetall(CAPACITY_KEY)
+    pipe.get(COLD_START_KEY)
+
+
+def from_replies(entries: Mapping[Any, Any], cold_start: object) -> tuple[Capacity, float | None]:
+    """What ``queue_reads`` read: the live workers' capacity now, and the last measured cold start."""
+    return parse(entries, time.time()), parse_cold_start(cold_start)
 
 
 def forget_lapsed(redis: Redis) -> int:

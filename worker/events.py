@@ -76,16 +76,7 @@ def _parse(entries: list[Any]) -> list[Event]:
     return events
 
 
-async def read(redis: AsyncRedis, job_id: str, after: int, block_ms: int | None = None,
-               count: int = 512) -> list[Event]:
-    """Events after sequence number ``after``; with ``block_ms``, wait that long for the first one."""
-    key = stream_key(job_id)
-    if block_ms is None:
-        entries: Any = await redis.xrange(key, min=f"(0-{after}", count=count)
-        return _parse(entries)
-    reply: Any = await redis.xread({key: f"0-{after}"}, count=count, block=block_ms)
+async def read(redis: AsyncRedis, job_id: str, after: int, block_ms: int, count: int = 512) -> list[Event]:
+    """Events after sequence number ``after``, waiting up to ``block_ms`` for the first one."""
+    reply: Any = await redis.xread({stream_key(job_id): f"0-{after}"}, count=count, block=block_ms)
     return _parse(reply[0][1]) if reply else []
-
-
-async def exists(redis: AsyncRedis, job_id: str) -> bool:
-    return bool(await redis.exists(stream_key(job_id)))
