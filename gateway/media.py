@@ -73,8 +73,8 @@ def touch_bytes(pipe: Pipeline | AsyncPipeline, digest: str, ttl_s: int) -> None
 
 async def upload(backend: Backend, tenant: str, data: bytes, param: str = "file") -> Media:
     """Validate and store an image; a new media id for it."""
-    info = await run_in_threadpool(inspect, data, backend.image_limits, param)
-    digest = image_digest(data) if len(data) < (1 << 20) else await run_in_threadpool(image_digest, data)
+    # The full decode runs in a thread anyway: the digest goes with it, in the same hop.
+    info, digest = await run_in_threadpool(lambda: (inspect(data, backend.image_limits, param), image_digest(data)))
     media_id = "med_" + secrets.token_urlsafe(16)
     record = MediaRecord(tenant=tenant, digest=digest, media_type=info.media_type, width=info.width,
                          height=info.height, size=len(data), created_at=time.time())
