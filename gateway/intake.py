@@ -114,9 +114,12 @@ class Submission:
     def task(self) -> Task:
         return self.params.task
 
-    def text_chars(self) -> int:
-        return sum(len(part.text) for message in self.messages for part in message.content
-                   if isinstance(part, TextPart))
+    def log_fields(self) -> dict[str, object]:
+        """What the access log says of the request: sizes, never its text or image bytes."""
+        chars = sum(len(part.text) for message in self.messages for part in message.content
+                    if isinstance(part, TextPart))
+        return {"messages": len(self.messages), "image_bytes": [len(image.data or b"") for image in self.images],
+                "prompt_chars": chars}
 
 
 class StrictMultiPartParser(MultiPartParser):
@@ -254,10 +257,16 @@ async def _from_json(request: Request, settings: GatewaySettings) -> Submission:
         images = [decode_data_url(url, f"images[{index}]", settings.max_image_bytes)
                   for index, url in enumerate(body.images)]
         return _single_turn(params, images, settings, "images")
+    return conversation_submission(params, body.messages, settings)
+
+
+def conversation_submission(params: InferParams, messages_in: list[MessageIn],
+                            settings: GatewaySettings) -> Submission:
+    """The submission of a conversation in OpenAI's shape (``/api/infer`` and the OpenAI facade)."""
     limits = Limits(max_messages=settings.max_messages, max_text_chars=settings.max_prompt_chars,
                     max_images=settings.max_images)
     messages, inputs = to_conversation(
-        body.messages, limits, lambda url, param: decode_data_url(url, param, settings.max_image_bytes))
+        messages_in, limits, lambda url, param: decode_data_url(url, param, settings.max_image_bytes))
     return finish_submission(params, messages, inputs, settings)
 
 

@@ -56,11 +56,10 @@ from gateway.config import GatewaySettings
 from gateway.deps import BackendDep, TenantDep
 from gateway.errors import ApiError, BadRequestError, NotFoundError
 from gateway.intake import Submission, read_json_object
-from gateway.limits import check_rate
 from gateway.openai_models import Reply, as_bad_request, finish_reason, read_body, to_submission
 from gateway.results import wait_for_end
 from gateway.streams import KEEPALIVE, Item, open_events
-from gateway.submit import Accepted, Answered, Replayed, idempotency_of, submit
+from gateway.submit import Accepted, Answered, Replayed, admit, idempotency_of, submit
 from worker.contract import ErrorCode, JobResult, JobState
 
 router = APIRouter()
@@ -146,16 +145,12 @@ async def chat_completions(request: Request, backend: BackendDep, tenant: Tenant
     created = int(time.time())
     idem_key = idempotency_of(idempotency_key, tenant)
     settings = backend.settings
-    await check_rate(backend.aredis, tenant, settings.rate_limit_per_minute)
-    if settings.require_live_worker:
-        await backend.presence.require(backend.aredis)
+    await admit(backend, tenant)
     body = read_body(await _json_object(request), settings)
     submission = to_submission(body, settings)
     outcome = await _submit(backend, submission, tenant, idem_key)
     request.state.log.update({"request": outcome.request_id, "x_cache": outcome.x_cache, "stream": bool(body.stream),
-                              "user": body.user or body.safety_identifier, "messages": len(submission.messages),
-                              "image_bytes": [len(image.data or b"") for image in submission.images],
-                              "prompt_chars": submission.text_chars()})
+                              "user": body.user or body.safety_identifier, **submission.log_fields()})
     headers = {"X-Cache": outcome.x_cache, "X-Vlq-Request-Id": outcome.request_id}
     reply = Reply(outcome.request_id, settings.model, created, body.include_usage)
     if body.stream:

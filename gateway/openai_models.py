@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.config import GatewaySettings
 from gateway.errors import ApiError, BadRequestError, NotFoundError
-from gateway.intake import InferParams, ResponseFormatIn, Submission, decode_data_url, finish_submission, param_name
-from gateway.messages import Limits, MessageIn, to_conversation
+from gateway.intake import InferParams, ResponseFormatIn, Submission, conversation_submission, param_name
+from gateway.messages import MessageIn
 from worker.contract import InferOutput
 
 M = TypeVar("M", bound=BaseModel)
@@ -127,13 +127,8 @@ def to_submission(body: ChatCompletionBody, settings: GatewaySettings) -> Submis
     fields: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
     if body.response_format is not None:
         fields["response_format"] = body.response_format
-    limits = Limits(max_messages=settings.max_messages, max_text_chars=settings.max_prompt_chars,
-                    max_images=settings.max_images)
     try:
-        params = validated(InferParams, fields)
-        messages, images = to_conversation(
-            body.messages, limits, lambda url, param: decode_data_url(url, param, settings.max_image_bytes))
-        return finish_submission(params, messages, images, settings)
+        return conversation_submission(validated(InferParams, fields), body.messages, settings)
     except ApiError as exc:
         converted = _renamed(as_bad_request(exc), body.tokens_param)
         if converted is exc:

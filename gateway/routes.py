@@ -13,10 +13,9 @@ from gateway.backend import Backend
 from gateway.deps import BackendDep, TenantDep
 from gateway.errors import BadRequestError, UnavailableError
 from gateway.intake import read_submission
-from gateway.limits import check_rate
 from gateway.results import View, cancel, final_body, view, wait_for_end
 from gateway.streams import open_stream
-from gateway.submit import Accepted, Answered, Replayed, idempotency_of, submit
+from gateway.submit import Accepted, Answered, Replayed, admit, idempotency_of, submit
 from worker.contract import JobState
 
 router = APIRouter()
@@ -70,9 +69,7 @@ async def infer(request: Request, backend: BackendDep, tenant: TenantDep,
     A retried POST with the same ``Idempotency-Key`` returns the request the first one created.
     """
     idem_key = idempotency_of(idempotency_key, tenant)
-    await check_rate(backend.aredis, tenant, backend.settings.rate_limit_per_minute)
-    if backend.settings.require_live_worker:
-        await backend.presence.require(backend.aredis)
+    await admit(backend, tenant)
     submission = await read_submission(request, backend.settings)
     outcome = await submit(backend, submission, tenant, idem_key)
     if isinstance(outcome, Replayed):
@@ -80,9 +77,7 @@ async def infer(request: Request, backend: BackendDep, tenant: TenantDep,
         return JSONResponse(current.body(), status_code=200 if current.is_final else 202,
                             headers={"X-Cache": outcome.x_cache})
     request.state.log.update({"request": outcome.request_id, "x_cache": outcome.x_cache,
-                              "images": [d[:16] for d in outcome.digests],
-                              "image_bytes": [len(image.data or b"") for image in submission.images],
-                              "messages": len(submission.messages), "prompt_chars": submission.text_chars()})
+                              "images": [d[:16] for d in outcome.digests], **submission.log_fields()})
     headers = {"X-Cache": outcome.x_cache}
     if isinstance(outcome, Answered):
         if outcome.near_match:

@@ -36,6 +36,7 @@ from gateway.backend import Backend
 from gateway.errors import BadRequestError, TooManyRequestsError, UnavailableError
 from gateway.images import inspect, sniff
 from gateway.intake import Submission
+from gateway.limits import check_rate
 from gateway.messages import ImageInput
 from worker import events
 from worker.constants import IDEMPOTENCY_PREFIX, INFER_FUNC, INFLIGHT_PREFIX, TENANT_INFLIGHT_PREFIX
@@ -121,6 +122,13 @@ def idempotency_of(header: str | None, tenant: str) -> str | None:
         raise BadRequestError("invalid_idempotency_key", "Idempotency-Key is 1-255 printable ASCII characters",
                               "Idempotency-Key")
     return idempotency_key(tenant, header)
+
+
+async def admit(backend: Backend, tenant: str) -> None:
+    """Admission before a body is read: the tenant's rate limit, and a live worker if one is required."""
+    await check_rate(backend.aredis, tenant, backend.settings.rate_limit_per_minute)
+    if backend.settings.require_live_worker:
+        await backend.presence.require(backend.aredis)
 
 
 def new_request_id() -> str:
