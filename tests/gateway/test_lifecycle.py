@@ -3,6 +3,7 @@ JSON answers, position and ETA, and contract versions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -93,12 +94,30 @@ def test_data_url_and_media_id_of_the_same_bytes_share_a_key(
     assert by_id.status_code == 200 and by_id.headers["x-cache"] == "HIT-L1"
 
 
+async def _requests_of(redis: Redis, job_id: str) -> set[str]:
+    from redis.asyncio import Redis as AsyncRedis
+
+    from gateway import records
+
+    kwargs = redis.connection_pool.connection_kwargs
+    client = AsyncRedis(host=kwargs["host"], port=kwargs["port"], db=kwargs.get("db", 0))
+    try:
+        return await records.requests_of(client, job_id)
+    finally:
+        await client.aclose()
+
+
 def test_stream_order_resume_coalescing_and_replay(
-        client: TestClient, worker_factory: Callable[..., ThreadWorker], image_factory: Callable[..., bytes]) -> None:
+        client: TestClient, worker_factory: Callable[..., ThreadWorker], image_factory: Callable[..., bytes],
+        redis_client: Redis) -> None:
     worker_factory(InstantEngine(delay_s=0.4))
     messages = [user(media_part(upload(client, image_factory((7, 7, 70)))["media_id"]), "Stream it")]
     first, second = ask(client, messages), ask(client, messages)
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "COALESCED")
+    # The job reaches every request attached to it (what webhooks and batch lines will read).
+    job_id = job_of(redis_client, first.json()["request_id"])
+    assert job_of(redis_client, second.json()["request_id"]) == job_id
+    assert asyncio.run(_requests_of(redis_client, job_id)) == {first.json()["request_id"], second.json()["request_id"]}
     with ThreadPoolExecutor(2) as pool:
         one, two = pool.map(lambda r: events(client, r.json()["request_id"]), (first, second))
     durable = [event for event in one if event[0] is not None]
