@@ -88,3 +88,29 @@ class GatewaySettings(BaseSettings):
     janitor_interval_s: float = Field(default=5.0, gt=0)
     # A started job whose worker stopped heart-beating for this long is swept (retried or failed).
     stale_after_s: int = Field(default=30, ge=5)
+
+    # Files API (POST /v1/files): caps checked while the upload streams in; files live this long.
+    file_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    file_max_lines: int = Field(default=50_000, ge=1)
+    file_ttl_s: int = Field(default=30 * 86_400, ge=60)
+    # Files per tenant (0 = unlimited).
+    tenant_max_files: int = Field(default=1000, ge=0)
+
+    # Batch API: each gateway's driver submits lines and collects answers this often, at most this many
+    # lines per step (a step is short, so many batches and replicas share the work).
+    batch_poll_s: float = Field(default=1.0, gt=0)
+    batch_step_lines: int = Field(default=500, ge=1)
+    # Lines of all of a tenant's batches queued or running at once (0 = unlimited); more wait their turn.
+    batch_tenant_max_inflight: int = Field(default=5000, ge=0)
+
+    # Webhooks: per-tenant HMAC secrets (a JSON object tenant -> secret, a mounted Secret), or one secret for
+    # every tenant (development); a request naming webhook_url from a tenant without a secret is refused.
+    webhook_secrets_file: Path | None = None
+    webhook_secret: str | None = None
+    # https only unless set; private, loopback, link-local and metadata addresses are always refused except
+    # those in webhook_allow_cidrs (an in-cluster receiver, tests).
+    webhook_allow_http: bool = False
+    webhook_allow_cidrs: list[str] = Field(default_factory=list)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_max_redirects: int = Field(default=3, ge=0, le=10)

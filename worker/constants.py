@@ -6,8 +6,14 @@ heavy: the gateway loads it.
 
 from typing import Final
 
-# RQ queue the gateway enqueues inference jobs on (RQ stores it as ``rq:queue:<name>``).
+# RQ queue the gateway enqueues interactive inference jobs on (RQ stores it as ``rq:queue:<name>``).
 QUEUE_NAME: Final = "vlq-infer"
+# RQ queue of batch-priority jobs (Batch API lines, ``priority=batch``); workers take it after QUEUE_NAME.
+BATCH_QUEUE_NAME: Final = "vlq-infer-batch"
+# RQ queue of webhook deliveries, run by ``python -m gateway.webhook_worker`` (RQ's Retry backs off).
+WEBHOOK_QUEUE_NAME: Final = "vlq-webhooks"
+# Dotted path of the webhook delivery function (run by the webhook worker, never by inference workers).
+WEBHOOK_FUNC: Final = "gateway.webhooks.deliver"
 # Dotted path of the job function; the gateway enqueues by this string and never imports worker code.
 INFER_FUNC: Final = "worker.tasks.infer"
 
@@ -57,3 +63,27 @@ JANITOR_LOCK: Final = "vlq:janitor:lock"
 ENGINE_CALLS: Final = "vlq:stats:engine-calls"
 # Highest number of jobs one worker had in flight on its engine at once.
 MAX_INFLIGHT_SEEN: Final = "vlq:stats:max-inflight"
+# Files API: file id -> its record (contract ``FileRecord``, owned by ``gateway.files``), with a TTL.
+FILE_PREFIX: Final = "vlq:file:"
+# Files API: file id -> the file's bytes (JSONL), beside its record and with the same TTL.
+FILE_DATA_PREFIX: Final = "vlq:file-data:"
+# Per-tenant sorted set of file ids by creation time (GET /v1/files lists it).
+TENANT_FILES_PREFIX: Final = "vlq:tenant-files:"
+# Batch id -> its record (contract ``BatchRecord``, owned by ``gateway.batches``).
+BATCH_PREFIX: Final = "vlq:batch:"
+# Batch id -> hash of line number -> request id (or "!<error JSON>" for a line refused at intake).
+BATCH_LINES_PREFIX: Final = "vlq:batch-lines:"
+# Per-tenant sorted set of batch ids by creation time (GET /v1/batches lists it).
+TENANT_BATCHES_PREFIX: Final = "vlq:tenant-batches:"
+# Set of batch ids not yet in a final state: every gateway's batch driver takes them in turn.
+ACTIVE_BATCHES_KEY: Final = "vlq:batches:active"
+# Lock on one batch's driver step, so one gateway replica at a time advances it.
+BATCH_LOCK_PREFIX: Final = "vlq:batch-lock:"
+# Request id -> its webhook delivery state (contract ``WebhookState``, owned by ``gateway.webhooks``).
+WEBHOOK_PREFIX: Final = "vlq:webhook:"
+# Job id -> set of request ids attached to it that carry a webhook; the finish script logs the job's end
+# to ENDED_STREAM only when this exists.
+JOB_HOOKS_PREFIX: Final = "vlq:job-hooks:"
+# Durable log (Redis Stream) of ended jobs that someone asked to hear about; gateways read it in a consumer
+# group (``gateway.webhooks``) so that an end is delivered even if every gateway was down when it happened.
+ENDED_STREAM: Final = "vlq:ended"

@@ -144,6 +144,13 @@ class ResponseFormat(Tolerant):
         return self.type != "text"
 
 
+class Priority(StrEnum):
+    """Which RQ queue a job waits on. Workers fill free slots from ``interactive`` first (``worker.claims``)."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
 class InferJob(Tolerant):
     """The JSON payload of one inference job on the RQ queue."""
 
@@ -167,6 +174,8 @@ class InferJob(Tolerant):
     cache_ttl_s: int = Field(ge=1)
     # Version 1 jobs carried one prompt about the images instead of messages.
     prompt: str | None = None
+    # Passed to the engine's scheduler (vLLM ``priority``); older jobs are interactive.
+    priority: Priority = Priority.INTERACTIVE
 
     @model_validator(mode="after")
     def _messages_from_prompt(self) -> InferJob:
@@ -271,3 +280,66 @@ class MediaRecord(Tolerant):
     height: int
     size: int
     created_at: float
+
+
+class FileRecord(Tolerant):
+    """An uploaded or generated file of the Files API (``gateway.files`` owns it); its bytes are kept apart."""
+
+    v: int = CONTRACT_VERSION
+    tenant: str
+    purpose: Literal["batch", "batch_output", "batch_error"]
+    filename: str
+    bytes: int
+    lines: int
+    created_at: float
+    expires_at: float
+
+
+class WebhookState(Tolerant):
+    """Delivery of one request's final body to its ``webhook_url`` (``gateway.webhooks`` owns it)."""
+
+    v: int = CONTRACT_VERSION
+    tenant: str
+    url: str
+    state: Literal["pending", "delivered", "failed"] = "pending"
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+
+
+class BatchCounts(Tolerant):
+    """OpenAI's ``request_counts`` of a batch."""
+
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class BatchRecord(Tolerant):
+    """One Batch API batch (``gateway.batches`` owns it): OpenAI's batch object plus where its driver stands."""
+
+    v: int = CONTRACT_VERSION
+    tenant: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    status: Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired",
+                    "cancelling", "cancelled"] = "validating"
+    metadata: dict[str, str] | None = None
+    webhook_url: str | None = None
+    created_at: float
+    expires_at: float
+    in_progress_at: float | None = None
+    finalizing_at: float | None = None
+    completed_at: float | None = None
+    failed_at: float | None = None
+    expired_at: float | None = None
+    cancelling_at: float | None = None
+    cancelled_at: float | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    # Errors of the input file as a whole (OpenAI's ``errors.data``), when the batch failed validating.
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+    request_counts: BatchCounts = Field(default_factory=BatchCounts)
+    # Lines submitted so far: a driver that restarts goes on from here.
+    submitted: int = 0
