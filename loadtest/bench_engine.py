@@ -46,7 +46,7 @@ from loadtest.measure import (
 from loadtest.stack import LocalStack
 from worker.config import WorkerSettings
 from worker.contract import SamplingParams
-from worker.engine import Engine, EngineRequest
+from worker.engine import Engine, EngineRequest, generate
 
 GOAL = 0.9
 # (in flight, requests) beyond the main comparison. No 64: by then the engine core has cached ~330 distinct
@@ -104,7 +104,7 @@ class Bench:
         async def task(index: int, slot: int) -> float:
             image, text = pairs[index]
             started = loop.time()
-            await self.engine.generate(EngineRequest.single(f"direct-{seed}-{index}", text, [image], sampling))
+            await generate(self.engine, EngineRequest.single(f"direct-{seed}-{index}", text, [image], sampling))
             return loop.time() - started
 
         return await closed_loop(task, work.concurrency, count=work.count)

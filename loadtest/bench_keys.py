@@ -44,8 +44,10 @@ def run(repeat: int = 300) -> list[Check]:
     sampling = SamplingParams(max_tokens=256)
 
     def exact_key() -> str:
-        return cache_key(scope="tenant:public", model=DEFAULT_MODEL, prompt=text, sampling=sampling,
-                         image_digests=[image_digest(data)])
+        conversation = [{"role": "user", "content": [{"type": "image", "digest": image_digest(data)},
+                                                     {"type": "text", "text": text}]}]
+        return cache_key(scope="tenant:public", model=DEFAULT_MODEL, conversation=conversation, task="vqa",
+                         response_format={"type": "text"}, sampling=sampling.model_dump(mode="json"))
 
     key_samples = _timed(exact_key, repeat)
     digest_samples = _timed(lambda: image_digest(data), repeat)

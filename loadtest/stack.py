@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 
 from gateway.local_stack import free_port, redis_binary, stop_processes
+
+__all__ = ["LOOPBACK", "LocalStack", "StackError", "free_port", "wait_http"]
 from worker.config import DEFAULT_MODEL
 
 LOOPBACK = "127.0.0.1"
