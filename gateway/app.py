@@ -14,12 +14,14 @@ from contextlib import asynccontextmanager, suppress
 from anyio import to_thread
 from fastapi import FastAPI
 
-from gateway import errors, media_routes, openai_api, routes, web
+from gateway import batches_routes, errors, files_routes, media_routes, openai_api, routes, web
 from gateway.auth import Keyring
 from gateway.backend import connect
+from gateway.batch_driver import Driver
 from gateway.config import GatewaySettings
 from gateway.janitor import Janitor
 from gateway.middleware import BodyLimit, Observe
+from gateway.webhooks import Dispatcher, load_secrets
 
 log = logging.getLogger("vlq.gateway")
 
@@ -45,14 +47,22 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         backend = connect(settings)
         app.state.backend = backend
         backend.waiter.start()
-        janitor = Janitor(backend.redis, backend.queue, settings.stale_after_s, settings.janitor_interval_s)
+        load_secrets(settings)
+        dispatcher = Dispatcher(backend)
+        dispatcher.start()
+        janitor = Janitor(backend.redis, list(backend.queues.values()), settings.stale_after_s,
+                          settings.janitor_interval_s)
         sweeping = asyncio.create_task(janitor.run())
+        # Every replica drives batches; a per-batch lock makes one of them advance each batch at a time.
+        driving = asyncio.create_task(Driver(backend).run())
         try:
             yield
         finally:
-            sweeping.cancel()
-            with suppress(asyncio.CancelledError):
-                await sweeping
+            for task in (sweeping, driving):
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+            await dispatcher.stop()
             await backend.waiter.stop()
             await backend.aredis.aclose()
             await backend.stream_redis.aclose()
@@ -65,10 +75,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(media_routes.router)
+    app.include_router(files_routes.router)
+    app.include_router(batches_routes.router)
     app.include_router(openai_api.router)
     app.include_router(web.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s,
-                       deadline_s=settings.body_deadline_s)
+                       deadline_s=settings.body_deadline_s, path_caps=files_routes.body_limits(settings))
     app.add_middleware(Observe)  # outermost: every response, refusals included, gets an id and a log line
     return app
 

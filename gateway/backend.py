@@ -18,7 +18,8 @@ from gateway.images import ImageLimits
 from gateway.limits import WorkerPresence
 from gateway.waiter import ResultWaiter
 from worker.constants import CACHE_PREFIX, NEAR_PREFIX
-from worker.rqjobs import open_queue
+from worker.contract import Priority
+from worker.rqjobs import open_queues
 from worker.scripts import AsyncScripts, Scripts
 
 
@@ -32,7 +33,8 @@ class Backend:
     # For blocking stream reads: its read timeout outlasts the longest block.
     stream_redis: AsyncRedis
     redis: Redis
-    queue: Queue
+    # The inference queues by priority (interactive first).
+    queues: dict[Priority, Queue]
     l2: L2Cache
     cache: ExactCache
     waiter: ResultWaiter
@@ -60,7 +62,7 @@ def connect(settings: GatewaySettings) -> Backend:
                                        retry=AsyncRetry(NoBackoff(), 1))
     l2 = L2Cache(settings.l2_path, settings.l2_ttl_s, settings.l2_max_bytes)
     cache = ExactCache(aredis, l2, l1_prefix=CACHE_PREFIX, near_prefix=NEAR_PREFIX, l1_ttl_s=settings.l1_ttl_s)
-    return Backend(settings=settings, aredis=aredis, stream_redis=stream_redis, redis=redis, queue=open_queue(redis),
-                   l2=l2, cache=cache,
+    return Backend(settings=settings, aredis=aredis, stream_redis=stream_redis, redis=redis,
+                   queues=open_queues(redis), l2=l2, cache=cache,
                    waiter=ResultWaiter(settings.redis_url, cache), presence=WorkerPresence(),
                    scripts=Scripts(redis), ascripts=AsyncScripts(aredis))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.config import DEFAULT_MODEL
@@ -70,6 +73,8 @@ class GatewaySettings(BaseSettings):
     # How long a request id is known; past result_ttl_s (and before this) polling it answers 410.
     request_ttl_s: int = Field(default=86_400, ge=60)
     max_queue_depth: int = Field(default=10_000, ge=1)
+    # The batch queue's own cap (Batch API lines, priority=batch): batch work never fills the interactive one.
+    max_batch_queue_depth: int = Field(default=100_000, ge=1)
     image_ttl_s: int = Field(default=7200, ge=60)
     # Uploaded media (POST /api/media) live this long after their last use.
     media_ttl_s: int = Field(default=86_400, ge=60)
@@ -100,8 +105,8 @@ class GatewaySettings(BaseSettings):
     # lines per step (a step is short, so many batches and replicas share the work).
     batch_poll_s: float = Field(default=1.0, gt=0)
     batch_step_lines: int = Field(default=500, ge=1)
-    # Lines of all of a tenant's batches queued or running at once (0 = unlimited); more wait their turn.
-    batch_tenant_max_inflight: int = Field(default=5000, ge=0)
+    # Lines of one batch queued or running at once; the rest wait in its input file for their turn.
+    batch_max_open_lines: int = Field(default=5000, ge=1)
 
     # Webhooks: per-tenant HMAC secrets (a JSON object tenant -> secret, a mounted Secret), or one secret for
     # every tenant (development); a request naming webhook_url from a tenant without a secret is refused.
@@ -114,3 +119,20 @@ class GatewaySettings(BaseSettings):
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=5, ge=1, le=20)
     webhook_max_redirects: int = Field(default=3, ge=0, le=10)
+    # RQ's Retry waits base x 4^n seconds before retry n+1 (2, 8, 32, 128, ...), each at most the cap; the
+    # webhook worker runs RQ's scheduler for the waits (0 retries at once: tests).
+    webhook_retry_base_s: int = Field(default=2, ge=0)
+    webhook_retry_max_s: int = Field(default=900, ge=0)
+
+    @field_validator("webhook_allow_cidrs", mode="before")
+    @classmethod
+    def _cidrs(cls, value: Any) -> Any:
+        """Each entry a network (checked now, not at the first delivery); a JSON list as text is read too."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            for cidr in value:
+                ipaddress.ip_network(str(cidr).strip(), strict=False)
+            return [str(cidr).strip() for cidr in value]
+        return value
+

@@ -24,6 +24,7 @@ from redis.asyncio.client import Pipeline as AsyncPipeline
 
 from gateway.backend import Backend
 from worker import capacity
+from worker.contract import Priority
 from worker.rqjobs import started_key
 
 
@@ -54,27 +55,60 @@ def estimate(position: int, running: int, live: capacity.Capacity, prior_s: floa
                     warming=False)
 
 
-async def for_new_job(backend: Backend) -> tuple[int, Standing]:
-    """(queue depth, the standing of a job enqueued now at its end), in one round trip."""
-    depth, standing = await _standing(backend, lambda pipe: pipe.llen(backend.queue.key))
+# Interactive jobs are taken first (worker/claims.py), so a batch job's position counts the interactive
+# queue ahead of its own; an interactive job's does not count batch jobs.
+
+
+async def for_new_job(backend: Backend, priority: Priority = Priority.INTERACTIVE) -> tuple[int, Standing]:
+    """(depth of the job's queue, the standing of a job enqueued now at its end), in one round trip."""
+    interactive, batch = (backend.queues[Priority.INTERACTIVE].key, backend.queues[Priority.BATCH].key)
+
+    def depth_of(pipe: AsyncPipeline) -> None:
+        pipe.llen(interactive)
+        pipe.llen(batch)
+
+    def position(replies: list[object]) -> tuple[int, int]:
+        ahead, own = int(str(replies[0])), int(str(replies[1]))
+        return (ahead, ahead) if priority is Priority.INTERACTIVE else (own, ahead + own)
+
+    depth, standing = await _standing(backend, depth_of, 2, position)
     return depth, standing or Standing(position=depth, eta_s=None, warming=False)
 
 
 async def for_job(backend: Backend, job_id: str) -> Standing:
-    """The standing of a queued job now (position None if it is no longer in the queue)."""
-    _, standing = await _standing(backend, lambda pipe: pipe.lpos(backend.queue.key, job_id))
+    """The standing of a queued job now (position None if it is no longer in a queue)."""
+    interactive, batch = (backend.queues[Priority.INTERACTIVE].key, backend.queues[Priority.BATCH].key)
+
+    def position_of(pipe: AsyncPipeline) -> None:
+        pipe.lpos(interactive, job_id)
+        pipe.lpos(batch, job_id)
+        pipe.llen(interactive)
+
+    def position(replies: list[object]) -> tuple[int, int] | None:
+        own, in_batch, ahead = replies
+        if isinstance(own, int):
+            return 0, own
+        return (0, int(str(ahead)) + in_batch) if isinstance(in_batch, int) else None
+
+    _, standing = await _standing(backend, position_of, 3, position)
     return standing or Standing(position=None, eta_s=None, warming=False)
 
 
-async def _standing(backend: Backend, position_of: Callable[[AsyncPipeline], object]) -> tuple[int, Standing | None]:
-    """The position ``position_of`` reads, and the standing there (None without a position)."""
+async def _standing(backend: Backend, reads: Callable[[AsyncPipeline], None], count: int,
+                    position_of: Callable[[list[object]], tuple[int, int] | None]) -> tuple[int, Standing | None]:
+    """(depth, the standing at the position ``position_of`` finds in the replies to ``reads``)."""
     async with backend.aredis.pipeline(transaction=False) as pipe:
-        position_of(pipe)
-        pipe.zcard(started_key(backend.queue))
+        reads(pipe)
+        for queue in backend.queues.values():
+            pipe.zcard(started_key(queue))
         capacity.queue_reads(pipe)
-        position, running, entries, cold = await pipe.execute()
-    if not isinstance(position, int):
+        replies = await pipe.execute()
+    found = position_of(replies[:count])
+    running = sum(int(n) for n in replies[count:count + len(backend.queues)])
+    entries, cold = replies[count + len(backend.queues):]
+    if found is None:
         return 0, None
+    depth, position = found
     live, measured = capacity.from_replies(entries, cold)
     cold_start = round(measured if measured is not None else backend.settings.cold_start_prior_s, 1)
-    return position, estimate(position, int(running), live, backend.settings.eta_prior_service_s, cold_start)
+    return depth, estimate(position, running, live, backend.settings.eta_prior_service_s, cold_start)

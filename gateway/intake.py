@@ -25,12 +25,13 @@ from gateway.config import GatewaySettings
 from gateway.errors import BadRequestError, PayloadTooLargeError, UnprocessableError, UnsupportedMediaError
 from gateway.messages import ImageInput, Limits, MessageIn, check_text, to_conversation
 from gateway.response_format import SchemaLimits, check_schema
-from worker.contract import CacheMode, ImagePart, Message, ResponseFormat, Role, SamplingParams, TextPart
+from worker.contract import CacheMode, ImagePart, Message, Priority, ResponseFormat, Role, SamplingParams, TextPart
 from worker.presets import Task, preset
 
 _DATA_URL = re.compile(r"^data:(image/[a-z0-9.+-]+);base64,(.*)$", re.DOTALL)
 M = TypeVar("M", bound=BaseModel)
-_FIELDS = frozenset({"prompt", "temperature", "top_p", "max_tokens", "seed", "cache", "deadline_s", "task"})
+_FIELDS = frozenset({"prompt", "temperature", "top_p", "max_tokens", "seed", "cache", "deadline_s", "task",
+                     "priority", "webhook_url"})
 # Validation error types that mean "no prompt"; any other prompt error (NUL, not a string) is invalid_parameter.
 _NO_PROMPT = frozenset({"missing", "string_too_short", "prompt_empty"})
 _SCHEMA_PARAM = "response_format.json_schema.schema"
@@ -76,6 +77,10 @@ class InferParams(BaseModel):
     deadline_s: float | None = Field(default=None, gt=0, le=86_400)
     task: Task = Task.VQA
     response_format: ResponseFormatIn | None = None
+    # batch: the job waits on the batch queue and yields to interactive work (worker/claims.py).
+    priority: Priority = Priority.INTERACTIVE
+    # POSTed the final body, signed, when the request ends (gateway/webhooks.py checks it at submit).
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
     @field_validator("prompt")
     @classmethod

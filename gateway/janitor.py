@@ -34,15 +34,15 @@ from worker.scripts import Scripts
 log = logging.getLogger("vlq.gateway.janitor")
 
 class Janitor:
-    """Sweeps one queue; ``sweep`` blocks (call it from a thread), ``run`` loops it from asyncio."""
+    """Sweeps the inference queues; ``sweep`` blocks (call it from a thread), ``run`` loops it from asyncio."""
 
-    def __init__(self, redis: Redis, queue: Queue, stale_after_s: int, interval_s: float) -> None:
+    def __init__(self, redis: Redis, queues: list[Queue], stale_after_s: int, interval_s: float) -> None:
         self.redis = redis
-        self.queue = queue
+        self.queues = queues
         self.stale_after_s = stale_after_s
         self.interval_s = interval_s
-        self._seen_popped: dict[str, float] = {}
-        self.started = StartedJobRegistry(queue.name, connection=redis, serializer=JSONSerializer)
+        # (queue, job id) -> when an id was first seen popped but not started.
+        self._seen_popped: dict[tuple[str, str], float] = {}
         self.scripts = Scripts(redis)
 
     async def run(self) -> None:
@@ -62,20 +62,21 @@ class Janitor:
         self.update_gauges()
 
     def sweep(self) -> int:
-        """One pass; returns how many jobs it ended, retried or requeued."""
+        """One pass over every queue; returns how many jobs it ended, retried or requeued."""
         capacity.forget_lapsed(self.redis)
-        return self.sweep_expired() + self.sweep_popped()
+        return sum(self.sweep_expired(queue) + self.sweep_popped(queue) for queue in self.queues)
 
-    def sweep_expired(self) -> int:
+    def sweep_expired(self, queue: Queue) -> int:
         now = time.time()
-        entries = self.redis.zrangebyscore(self.started.key, 0, now)
+        key = _started(queue).key
+        entries = self.redis.zrangebyscore(key, 0, now)
         for entry in entries:
             job_id, execution_id = as_text(entry).split(":", 1)
-            self._recover(job_id, execution_id)
-            self.redis.zrem(self.started.key, as_text(entry))
+            self._recover(queue, job_id, execution_id)
+            self.redis.zrem(key, as_text(entry))
         return len(entries)
 
-    def _recover(self, job_id: str, execution_id: str) -> None:
+    def _recover(self, queue: Queue, job_id: str, execution_id: str) -> None:
         try:
             job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
         except Exception:  # the job hash expired or is unreadable: nothing left to end
@@ -87,7 +88,7 @@ class Janitor:
         elif job.retries_left:
             with self.redis.pipeline() as pipe:
                 execution.delete(job, pipeline=pipe)
-                job.retry(self.queue, pipe)
+                job.retry(queue, pipe)
                 pipe.execute()
             metrics.JANITOR.labels(action="retried").inc()
             log.warning("job %s lost its worker; retried (%s retries left)", job_id, job.retries_left)
@@ -108,34 +109,42 @@ class Janitor:
         metrics.JANITOR.labels(action="failed").inc()
         log.warning("job %s lost its worker; failed (no retries left)", job.id)
 
-    def sweep_popped(self) -> int:
+    def sweep_popped(self, queue: Queue) -> int:
         started = {as_text(entry).split(":", 1)[0] for entry in
-                   self.redis.zrange(self.started.key, 0, -1)}
+                   self.redis.zrange(_started(queue).key, 0, -1)}
         now = time.monotonic()
         requeued = 0
-        popped = [as_text(raw) for raw in self.redis.lrange(self.queue.intermediate_queue_key, 0, -1)]
+        popped = [as_text(raw) for raw in self.redis.lrange(queue.intermediate_queue_key, 0, -1)]
         for job_id in popped:
             if job_id in started:
                 continue
-            first = self._seen_popped.setdefault(job_id, now)
+            first = self._seen_popped.setdefault((queue.name, job_id), now)
             if now - first >= self.stale_after_s:
                 requeued += int(self.scripts.requeue_popped(
-                    keys=[self.queue.intermediate_queue_key, self.queue.key], args=[job_id]))
-                self._seen_popped.pop(job_id, None)
-        self._seen_popped = {k: v for k, v in self._seen_popped.items() if k in popped}
+                    keys=[queue.intermediate_queue_key, queue.key], args=[job_id]))
+                self._seen_popped.pop((queue.name, job_id), None)
+        self._seen_popped = {(name, job_id): seen for (name, job_id), seen in self._seen_popped.items()
+                             if name != queue.name or job_id in popped}
         return requeued
 
     def update_gauges(self) -> None:
+        """Depth and started jobs of all queues together (what the autoscaler adds up), and the age of the
+        interactive queue's head (batch work is expected to wait)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(self.queue.key)
-            pipe.zcard(self.started.key)
-            pipe.lindex(self.queue.key, 0)
-            depth, started, head = pipe.execute()
-        metrics.QUEUE_DEPTH.set(depth)
-        metrics.QUEUE_STARTED.set(started)
+            for queue in self.queues:
+                pipe.llen(queue.key)
+                pipe.zcard(_started(queue).key)
+            pipe.lindex(self.queues[0].key, 0)
+            *counts, head = pipe.execute()
+        metrics.QUEUE_DEPTH.set(sum(counts[0::2]))
+        metrics.QUEUE_STARTED.set(sum(counts[1::2]))
         age = 0.0
         if head is not None:
             enqueued = self.redis.hget(Job.key_for(as_text(head)), "enqueued_at")
             if enqueued:
                 age = max(time.time() - str_to_date(enqueued).timestamp(), 0.0)
         metrics.QUEUE_OLDEST_AGE.set(age)
+
+
+def _started(queue: Queue) -> StartedJobRegistry:
+    return StartedJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)

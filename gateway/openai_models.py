@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,7 +20,7 @@ from gateway.config import GatewaySettings
 from gateway.errors import ApiError, BadRequestError, NotFoundError
 from gateway.intake import InferParams, ResponseFormatIn, Submission, conversation_submission, param_name
 from gateway.messages import MessageIn
-from worker.contract import InferOutput
+from worker.contract import InferOutput, Priority
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -43,7 +43,6 @@ _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "audio": _absent, "modalities": lambda value: value in (None, ["text"]), "prediction": _absent,
     "logit_bias": _absent, "presence_penalty": _zero, "frequency_penalty": _zero,
     "store": lambda value: value in (None, False), "metadata": _absent,
-    "service_tier": lambda value: value in (None, "auto", "default"),
     "reasoning_effort": _absent, "verbosity": _absent, "web_search_options": _absent,
     "prompt_cache_key": _absent, "prompt_cache_retention": _absent, "moderation": _absent,
 }
@@ -75,6 +74,8 @@ class ChatCompletionBody(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptionsIn | None = None
     user: str | None = Field(default=None, max_length=256)
+    # "flex" (OpenAI's slower, cheaper tier) runs the request at batch priority.
+    service_tier: Literal["auto", "default", "flex"] | None = None
     safety_identifier: str | None = Field(default=None, max_length=256)
 
     @property
@@ -127,6 +128,8 @@ def to_submission(body: ChatCompletionBody, settings: GatewaySettings) -> Submis
     fields: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
     if body.response_format is not None:
         fields["response_format"] = body.response_format
+    if body.service_tier == "flex":
+        fields["priority"] = Priority.BATCH
     try:
         return conversation_submission(validated(InferParams, fields), body.messages, settings)
     except ApiError as exc:

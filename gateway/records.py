@@ -56,7 +56,19 @@ def attach(pipe: Pipeline, job_id: str, request_id: str) -> None:
 
 async def read(redis: AsyncRedis, request_id: str) -> Stored | None:
     """The record, or None if unknown (or unreadable: treated as unknown, never a crash)."""
-    fields = await redis.hgetall(_key(request_id))
+    return _decode(await redis.hgetall(_key(request_id)))
+
+
+async def read_many(redis: AsyncRedis, request_ids: list[str]) -> list[Stored | None]:
+    """``read`` of each id, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for request_id in request_ids:
+            pipe.hgetall(_key(request_id))
+        replies = await pipe.execute()
+    return [_decode(fields) for fields in replies]
+
+
+def _decode(fields: Mapping[Any, Any]) -> Stored | None:
     if not fields:
         return None
     try:

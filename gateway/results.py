@@ -92,6 +92,34 @@ async def view(backend: Backend, request_id: str, tenant: str, with_standing: bo
     return current
 
 
+async def ended_many(backend: Backend, request_ids: list[str]) -> list[JobResult | None]:
+    """The result of each request that ended (None while pending), in two round trips, for the batch driver.
+
+    A request whose record or job is gone counts as ended (failed ``result_expired``): nothing more will come.
+    """
+    stored = await records.read_many(backend.aredis, request_ids)
+    async with backend.aredis.pipeline(transaction=False) as pipe:
+        for item in stored:
+            job_id = item.record.job_id if item is not None else None
+            pipe.get(result_key(job_id or ""))
+            pipe.hget(Job.key_for(job_id or ""), "status")
+        replies = await pipe.execute()
+    return [_ended_result(item, raw, status) for item, raw, status in zip(stored, replies[::2], replies[1::2],
+                                                                          strict=True)]
+
+
+def _ended_result(stored: records.Stored | None, raw: object, status: object) -> JobResult | None:
+    if stored is not None and stored.record.result is not None:
+        return stored.record.result
+    if isinstance(raw, bytes | str):
+        return JobResult.model_validate_json(raw)
+    if stored is not None and stored.canceled:
+        return _ended("", JobState.CANCELED, ErrorCode.CANCELED, "the request was canceled").result
+    if stored is None or status is None:
+        return _ended("", JobState.FAILED, ErrorCode.RESULT_EXPIRED, "the result expired before it was read").result
+    return None
+
+
 def _ended(request_id: str, state: JobState, code: ErrorCode, message: str) -> View:
     result = JobResult(state=state, error=JobError(code=code, message=message), finished_at=time.time())
     return View(request_id, state, result)
@@ -110,7 +138,7 @@ async def cancel(backend: Backend, request_id: str, tenant: str) -> View:
 def _stop_job(backend: Backend, job_id: str) -> None:
     redis = backend.redis
     redis.set(CANCEL_PREFIX + job_id, 1, ex=backend.settings.request_ttl_s)
-    if not redis.lrem(backend.queue.key, 1, job_id):
+    if not any(redis.lrem(queue.key, 1, job_id) for queue in backend.queues.values()):
         return  # already running: the worker sees the flag and aborts the generation
     job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     payload = InferJob.model_validate(job.kwargs.get("job"))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from gateway import eta, metrics
+from gateway import eta, metrics, webhooks
 from gateway.backend import Backend
 from gateway.deps import BackendDep, TenantDep
 from gateway.errors import BadRequestError, UnavailableError
@@ -118,7 +118,7 @@ async def get_result(request: Request, backend: BackendDep, tenant: TenantDep, r
     seconds = min(wait, backend.settings.max_wait_s)
     current = await (wait_for_end(backend, request_id, tenant, seconds) if seconds
                      else view(backend, request_id, tenant))
-    return _view_response(current)
+    return await _with_webhook(backend, current)
 
 
 @router.delete("/api/result", responses={404: {"description": "Unknown request id"}})
@@ -127,7 +127,7 @@ async def cancel_result(request: Request, backend: BackendDep, tenant: TenantDep
     identical request shares it). A request that already ended is returned as it is."""
     _check_request_id(request_id)
     request.state.log["request"] = request_id
-    return _view_response(await cancel(backend, request_id, tenant))
+    return await _with_webhook(backend, await cancel(backend, request_id, tenant))
 
 
 def _check_request_id(request_id: str) -> None:
@@ -136,8 +136,15 @@ def _check_request_id(request_id: str) -> None:
                               "request_id")
 
 
-def _view_response(current: View) -> JSONResponse:
-    return JSONResponse(current.body(), status_code=200 if current.is_final else 202)
+def _view_response(current: View, extra: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse({**current.body(), **(extra or {})}, status_code=200 if current.is_final else 202)
+
+
+async def _with_webhook(backend: Backend, current: View) -> JSONResponse:
+    """The view, with its webhook's delivery state when the request asked for one. Not part of ``View.body``:
+    that body is what the webhook itself delivers."""
+    state = await webhooks.state_of(backend.aredis, current.request_id)
+    return _view_response(current, {"webhook": webhooks.state_body(state)} if state is not None else None)
 
 
 @router.get("/api/stream", response_class=StreamingResponse,

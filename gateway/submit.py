@@ -31,13 +31,14 @@ from cache import near
 from cache.codec import as_bytes, as_text
 from cache.keys import cache_key, image_digest, near_bucket
 from cache.tiers import Hit
-from gateway import eta, media, metrics, records
+from gateway import eta, media, metrics, records, webhooks
 from gateway.backend import Backend
 from gateway.errors import BadRequestError, TooManyRequestsError, UnavailableError
 from gateway.images import inspect, sniff
 from gateway.intake import Submission
 from gateway.limits import check_rate
 from gateway.messages import ImageInput
+from gateway.results import final_body
 from worker import events
 from worker.constants import IDEMPOTENCY_PREFIX, INFER_FUNC, INFLIGHT_PREFIX, TENANT_INFLIGHT_PREFIX
 from worker.contract import (
@@ -47,6 +48,7 @@ from worker.contract import (
     ImageRef,
     InferJob,
     JobResult,
+    Priority,
     RequestRecord,
 )
 
@@ -103,6 +105,17 @@ class _Plan:
     images: list[_Image]
     submission: Submission
     idem_key: str | None
+    # False for Batch API lines: the batch driver meters them (batch_max_open_lines) instead of the
+    # tenant's interactive in-flight quota, which a batch of thousands would otherwise fill.
+    in_quota: bool = True
+
+    @property
+    def webhook_url(self) -> str | None:
+        return self.submission.params.webhook_url
+
+    @property
+    def priority(self) -> Priority:
+        return self.submission.params.priority
 
     @property
     def digests(self) -> list[str]:
@@ -136,13 +149,15 @@ def new_request_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-async def submit(backend: Backend, submission: Submission, tenant: str,
-                 idem_key: str | None = None) -> Answered | Accepted | Replayed:
+async def submit(backend: Backend, submission: Submission, tenant: str, idem_key: str | None = None,
+                 in_quota: bool = True) -> Answered | Accepted | Replayed:
     """Answer from cache, attach to an identical job in flight, or enqueue a new job."""
     if idem_key is not None and (seen := await backend.aredis.get(idem_key)) is not None:
         return Replayed(request_id=as_text(seen))
+    if submission.params.webhook_url is not None:
+        await webhooks.check_target(backend.settings, submission.params.webhook_url, "webhook_url", tenant)
     images = await _images(backend, submission, tenant)
-    plan = _plan(backend, submission, tenant, images, idem_key)
+    plan = _plan(backend, submission, tenant, images, idem_key, in_quota)
     mode = submission.params.cache
     if mode is not CacheMode.OFF and (hit := await backend.cache.lookup(plan.key)) is not None:
         return await _answer(backend, plan, hit)
@@ -153,8 +168,10 @@ async def submit(backend: Backend, submission: Submission, tenant: str,
         hit = await backend.cache.lookup_near(plan.bucket, phashes, backend.settings.near_max_distance)
         if hit is not None:
             return await _answer(backend, plan, hit)
-    depth, standing = await eta.for_new_job(backend)
-    if depth >= backend.settings.max_queue_depth:
+    depth, standing = await eta.for_new_job(backend, plan.priority)
+    cap = (backend.settings.max_queue_depth if plan.priority is Priority.INTERACTIVE
+           else backend.settings.max_batch_queue_depth)
+    if depth >= cap:
         raise UnavailableError("backlog_full", "the queue is full; retry later", None, {"Retry-After": "5"})
     outcome = await run_in_threadpool(_enqueue_or_attach, backend, plan, phashes, standing)
     if isinstance(outcome, _JustCached):
@@ -184,7 +201,7 @@ async def _images(backend: Backend, submission: Submission, tenant: str) -> list
 
 
 def _plan(backend: Backend, submission: Submission, tenant: str, images: list[_Image],
-          idem_key: str | None) -> _Plan:
+          idem_key: str | None, in_quota: bool = True) -> _Plan:
     settings = backend.settings
     conversation = [{"role": message.role.value,
                      "content": [{"type": "image", "digest": images[part.image].digest}
@@ -197,7 +214,7 @@ def _plan(backend: Backend, submission: Submission, tenant: str, images: list[_I
         "response_format": submission.response_format.model_dump(mode="json"),
         "sampling": submission.sampling.model_dump(mode="json")}
     return _Plan(request_id=new_request_id(), tenant=tenant, key=cache_key(**common), bucket=near_bucket(**common),
-                 images=images, submission=submission, idem_key=idem_key)
+                 images=images, submission=submission, idem_key=idem_key, in_quota=in_quota)
 
 
 def _inspect_inline(plan: _Plan, backend: Backend) -> None:
@@ -228,7 +245,14 @@ async def _answer(backend: Backend, plan: _Plan, hit: Hit) -> Answered:
         records.write(pipe, plan.request_id, record, backend.settings.result_ttl_s)
         if plan.idem_key is not None:
             pipe.set(plan.idem_key, plan.request_id, nx=True, ex=backend.settings.result_ttl_s)
+        if plan.webhook_url is not None:
+            webhooks.register(pipe, plan.request_id, plan.tenant, plan.webhook_url, None,
+                              backend.settings.result_ttl_s)
         await pipe.execute()
+    if plan.webhook_url is not None:
+        # Answered now: nothing will end later, so the delivery is queued here.
+        await webhooks.enqueue_delivery(backend, plan.request_id, plan.tenant, plan.webhook_url,
+                                        final_body(plan.request_id, result, hit.tier))
     metrics.CACHE_HITS.labels(tier="near" if hit.near else hit.tier.removeprefix("HIT-").lower()).inc()
     return Answered(request_id=plan.request_id, result=result, x_cache=hit.tier, digests=plan.digests,
                     near_match=hit.near)
@@ -277,10 +301,12 @@ def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, coalesce: 
         pipe.multi()
         _record(pipe, backend, plan, existing, "COALESCED")
         records.attach(pipe, existing, plan.request_id)
+        _watch_end(pipe, backend, plan, existing)
         pipe.execute()
         metrics.COALESCED.inc()
         return Accepted(request_id=plan.request_id, job_id=existing, x_cache="COALESCED", digests=plan.digests)
-    _check_quota(pipe, backend, plan.tenant)
+    if plan.in_quota:
+        _check_quota(pipe, backend, plan.tenant)
     job_id = _enqueue(pipe, backend, plan, coalesce, phashes, standing)
     metrics.CACHE_MISSES.inc()
     return Accepted(request_id=plan.request_id, job_id=job_id, x_cache="MISS", digests=plan.digests,
@@ -318,15 +344,24 @@ def _enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, coalesce: bool, phas
     _record(pipe, backend, plan, job_id, "MISS")
     records.first_of_job(pipe, job_id, plan.request_id, settings.request_ttl_s)
     events.add_queued(pipe, job_id, standing.body(), settings.request_ttl_s)
-    pipe.zadd(TENANT_INFLIGHT_PREFIX + plan.tenant, {job_id: time.time()})
-    pipe.expire(TENANT_INFLIGHT_PREFIX + plan.tenant, settings.request_ttl_s)
+    _watch_end(pipe, backend, plan, job_id)
+    if plan.in_quota:
+        pipe.zadd(TENANT_INFLIGHT_PREFIX + plan.tenant, {job_id: time.time()})
+        pipe.expire(TENANT_INFLIGHT_PREFIX + plan.tenant, settings.request_ttl_s)
     if plan.idem_key is not None:
         pipe.set(plan.idem_key, plan.request_id, ex=settings.request_ttl_s)
     if coalesce:
         pipe.set(INFLIGHT_PREFIX + plan.key, job_id, ex=settings.request_ttl_s)
-    backend.queue.enqueue_job(job, pipeline=pipe)
+    backend.queues[plan.priority].enqueue_job(job, pipeline=pipe)
     pipe.execute()
     return job_id
+
+
+def _watch_end(pipe: Pipeline, backend: Backend, plan: _Plan, job_id: str) -> None:
+    """A request with a webhook is delivered when its job ends (the finish script logs that end)."""
+    if plan.webhook_url is not None:
+        webhooks.register(pipe, plan.request_id, plan.tenant, plan.webhook_url, job_id,
+                          backend.settings.request_ttl_s)
 
 
 def _make_job(backend: Backend, plan: _Plan, job_id: str, phashes: list[str] | None) -> Job:
@@ -340,10 +375,10 @@ def _make_job(backend: Backend, plan: _Plan, job_id: str, phashes: list[str] | N
         cache_key=plan.key, cache_mode=params.cache,
         near_bucket=plan.bucket if params.cache is not CacheMode.OFF else None, phashes=phashes,
         tenant=plan.tenant, enqueued_at=now, deadline_at=now + params.deadline_s if params.deadline_s else None,
-        result_ttl_s=settings.result_ttl_s, cache_ttl_s=settings.l1_ttl_s)
+        result_ttl_s=settings.result_ttl_s, cache_ttl_s=settings.l1_ttl_s, priority=params.priority)
     retry = Retry(max=settings.job_retries) if settings.job_retries else None
     # The description is what `rq info` and logs show: the key prefix, never the prompt.
-    return backend.queue.create_job(
+    return backend.queues[plan.priority].create_job(
         INFER_FUNC, kwargs={"job": payload.model_dump(mode="json", exclude_none=True)}, job_id=job_id,
         timeout=settings.job_timeout_s, result_ttl=settings.result_ttl_s, failure_ttl=settings.result_ttl_s,
         retry=retry, description=f"infer key={plan.key[:16]}")

@@ -10,6 +10,7 @@ curve     throughput and p99 at 1, 4, 16, 64 in flight, instant engine          
 engine    queue-fed ÷ direct vLLM throughput, tiny model, same engine; and its curve (goal >= 0.9)
 stream    vLLM engine throughput with streamed deltas ÷ final-only, and first delta vs done (goal >= 0.95)
 coldstart a pool at zero: worker process start to its first job done, vLLM tiny model     (no goal)
+priority  interactive p95 with 500 Batch API lines queued ÷ idle, instant engine           (goal <= 1.5)
 
 Output is Markdown; a copy goes to loadtest/reports/bench-<time>.md. Every process a benchmark starts
 (redis-server, worker, gateway, engine) listens on loopback only and is stopped by PID when it ends.
@@ -35,6 +36,7 @@ from loadtest import (
     bench_engine,
     bench_keys,
     bench_overhead,
+    bench_priority,
     bench_stream,
     bench_upload,
 )
@@ -49,6 +51,7 @@ BENCHMARKS: dict[str, Callable[[], list[Check]]] = {
     "engine": bench_engine.run,
     "stream": bench_stream.run,
     "coldstart": bench_coldstart.run,
+    "priority": bench_priority.run,
 }
 
 

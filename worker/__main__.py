@@ -25,7 +25,7 @@ from rq.worker import Worker, WorkerStatus
 from worker import capacity, metrics
 from worker.config import WorkerSettings
 from worker.engine import Engine, InstantEngine
-from worker.rqjobs import open_queue
+from worker.rqjobs import open_queues
 from worker.runner import Runner
 
 log = logging.getLogger("vlq.worker")
@@ -92,7 +92,8 @@ async def _register(redis: Redis, name: str) -> Worker:
     # Redis may come up after the worker (a pod restart order is not guaranteed): wait for it.
     while True:
         try:
-            rq_worker = Worker([open_queue(redis)], connection=redis, name=name, serializer=JSONSerializer)
+            rq_worker = Worker(list(open_queues(redis).values()), connection=redis, name=name,
+                               serializer=JSONSerializer)
             await asyncio.to_thread(rq_worker.register_birth)
             return rq_worker
         except RedisError as exc:

@@ -23,8 +23,10 @@ from cache.tiers import near_member
 from worker.constants import (
     CACHE_PREFIX,
     CACHED_CHANNEL,
+    ENDED_STREAM,
     EVENTS_CHANNEL,
     INFLIGHT_PREFIX,
+    JOB_HOOKS_PREFIX,
     NEAR_PREFIX,
     RESULT_PREFIX,
     TENANT_INFLIGHT_PREFIX,
@@ -36,6 +38,9 @@ from worker.scripts import Scripts
 # A result document for a job whose payload could not be read lives this long.
 _DEFAULT_RESULT_TTL_S = 3600
 _FLAGS = ("0", "1")
+# The ended log is trimmed to about this many entries. Gateways read it within seconds; only a backlog
+# this deep with every gateway down for long could trim an end before it was delivered.
+ENDED_MAXLEN = 100_000
 
 
 @dataclass(frozen=True)
@@ -86,14 +91,15 @@ def _publish(client: Redis | Pipeline, scripts: Scripts, ending: Ending) -> Any:
     bucket = payload.near_bucket if payload else None
     keys = [result_key(ending.job_id), INFLIGHT_PREFIX + cache_key, CACHE_PREFIX + cache_key,
             NEAR_PREFIX + (bucket or ""), TENANT_INFLIGHT_PREFIX + (payload.tenant if payload else ""),
-            stream_key(ending.job_id)]
+            stream_key(ending.job_id), JOB_HOOKS_PREFIX + ending.job_id, ENDED_STREAM]
     args: list[str | int | float] = [
         ending.job_id, result_json, payload.result_ttl_s if payload else _DEFAULT_RESULT_TTL_S,
         ending.result.state.value, _FLAGS[cacheable], payload.cache_ttl_s if payload else 1,
         _FLAGS[near], near_member(cache_key, phashes or []) if near else "-",
         _FLAGS[bool(ending.tail)], dumps({"text": ending.tail}), STREAM_MAXLEN, time.time(),
         EVENTS_CHANNEL, ending.job_id, CACHED_CHANNEL,
-        dumps({"k": cache_key, "b": bucket, "p": phashes, "r": result_json}) if cacheable else "-"]
+        dumps({"k": cache_key, "b": bucket, "p": phashes, "r": result_json}) if cacheable else "-",
+        ENDED_MAXLEN]
     return scripts.finish(keys=keys, args=args, client=client)
 
 

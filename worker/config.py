@@ -29,6 +29,12 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     drain_timeout_s: float = Field(default=600.0, ge=0)
     dequeue_timeout_s: int = Field(default=1, ge=1)
+    # Priorities (worker/claims.py): slots batch jobs leave free for interactive ones, and batch's turn at
+    # least once in this many claims while it has work.
+    interactive_reserve: int = Field(default=2, ge=0)
+    batch_every: int = Field(default=8, ge=1, le=1000)
+    # vLLM's scheduler: "priority" lets interactive requests go before batch ones inside the engine too.
+    scheduling_policy: Literal["fcfs", "priority"] = "priority"
     # Streamed text: appended to each job's event stream at most this often (all jobs in one round trip).
     stream_flush_interval_s: float = Field(default=0.05, gt=0, le=5)
     # False asks the engine for final answers only; streams then carry one delta (the whole text) per job.

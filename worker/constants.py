@@ -71,8 +71,15 @@ FILE_DATA_PREFIX: Final = "vlq:file-data:"
 TENANT_FILES_PREFIX: Final = "vlq:tenant-files:"
 # Batch id -> its record (contract ``BatchRecord``, owned by ``gateway.batches``).
 BATCH_PREFIX: Final = "vlq:batch:"
-# Batch id -> hash of line number -> request id (or "!<error JSON>" for a line refused at intake).
+# Batch id -> hash of input line number -> {"c": custom_id, "r": request id} for each submitted line.
 BATCH_LINES_PREFIX: Final = "vlq:batch-lines:"
+# Batch id -> its own copy of the input file's bytes (the client may delete the file mid-batch).
+BATCH_INPUT_PREFIX: Final = "vlq:batch-input:"
+# Batch id -> set of line numbers submitted and not yet ended.
+BATCH_OPEN_PREFIX: Final = "vlq:batch-open:"
+# Batch id -> list of output-file lines (ended answers) / error-file lines, appended as lines end.
+BATCH_OUTPUT_PREFIX: Final = "vlq:batch-out:"
+BATCH_ERRORS_PREFIX: Final = "vlq:batch-err:"
 # Per-tenant sorted set of batch ids by creation time (GET /v1/batches lists it).
 TENANT_BATCHES_PREFIX: Final = "vlq:tenant-batches:"
 # Set of batch ids not yet in a final state: every gateway's batch driver takes them in turn.

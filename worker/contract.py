@@ -79,6 +79,8 @@ class ErrorCode(StrEnum):
     CONTRACT_VERSION = "contract_version"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCELED = "canceled"
+    # The gateway could no longer read a request's result (it outlived result_ttl_s unread).
+    RESULT_EXPIRED = "result_expired"
 
 
 class SamplingParams(Tolerant):
@@ -341,5 +343,6 @@ class BatchRecord(Tolerant):
     # Errors of the input file as a whole (OpenAI's ``errors.data``), when the batch failed validating.
     errors: list[dict[str, Any]] = Field(default_factory=list)
     request_counts: BatchCounts = Field(default_factory=BatchCounts)
-    # Lines submitted so far: a driver that restarts goes on from here.
+    # Input lines read so far and the byte offset after them: a driver that restarts goes on from here.
     submitted: int = 0
+    offset: int = 0

@@ -46,6 +46,8 @@ class EngineRequest:
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
     # False asks the engine for the final answer only (no per-token outputs).
     stream: bool = True
+    # Scheduling priority inside the engine (vLLM: lower first); 0 for interactive work.
+    priority: int = 0
 
     @classmethod
     def single(cls, request_id: str, prompt: str, images: list[bytes], sampling: SamplingParams,

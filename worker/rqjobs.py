@@ -12,29 +12,43 @@ The job's function is never called: the payload is JSON, and only the function n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis import Redis
-from rq.exceptions import DequeueTimeout
+from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from worker.constants import QUEUE_NAME
+from cache.codec import as_text
+from worker.constants import BATCH_QUEUE_NAME, QUEUE_NAME
+from worker.contract import Priority
+from worker.scripts import Scripts
+
+# The RQ queue of each priority.
+QUEUE_OF: dict[Priority, str] = {Priority.INTERACTIVE: QUEUE_NAME, Priority.BATCH: BATCH_QUEUE_NAME}
 
 
 @dataclass
 class Claimed:
-    """A job this worker took from the queue and registered as started."""
+    """A job this worker took from a queue and registered as started."""
 
     job: Job
     execution: Execution
+    queue: Queue
+    priority: Priority = Priority.INTERACTIVE
 
 
 def open_queue(redis: Redis, name: str = QUEUE_NAME) -> Queue:
-    """The inference queue, with JSON (never pickle) job payloads."""
+    """An inference queue, with JSON (never pickle) job payloads."""
     return Queue(name, connection=redis, serializer=JSONSerializer)
+
+
+def open_queues(redis: Redis) -> dict[Priority, Queue]:
+    """Every inference queue, by priority (interactive first)."""
+    return {priority: open_queue(redis, name) for priority, name in QUEUE_OF.items()}
 
 
 def started_key(queue: Queue) -> str:
@@ -42,26 +56,47 @@ def started_key(queue: Queue) -> str:
     return str(queue.started_job_registry.key)
 
 
-def claim_next(queue: Queue, worker_name: str, heartbeat_ttl_s: int, timeout_s: int) -> Claimed | None:
-    """Block up to ``timeout_s`` for a job; register it as started. Blocking: call from a thread.
+def claim_next(queues: Sequence[tuple[Priority, Queue]], scripts: Scripts, worker_name: str,
+               heartbeat_ttl_s: int, block_s: float) -> Claimed | None:
+    """The head of the first non-empty queue, registered as started; blocks up to ``block_s`` on the
+    first queue when all are empty. Blocking: call from a thread.
 
-    RQ moves the id atomically from the queue to its intermediate list (BLMOVE), so a worker that dies
-    between the pop and the registration leaves the id where the janitor finds it.
+    The id moves atomically from its queue to the queue's intermediate list (the claim script, or BLMOVE
+    as RQ does), so a worker that dies between the pop and the registration leaves the id where the
+    janitor finds it. RQ's own ``dequeue_any`` over several queues pops without that list, hence our own.
     """
-    try:
-        popped = Queue.dequeue_any([queue], timeout=timeout_s, connection=queue.connection,
-                                   serializer=JSONSerializer)
-    except DequeueTimeout:
+    while True:
+        popped = _pop(queues, scripts, block_s)
+        if popped is None:
+            return None
+        priority, queue, job_id = popped
+        try:
+            job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            # Deleted while queued (its TTL, a cleanup): drop the id as RQ does and take the next.
+            queue.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+            continue
+        with queue.connection.pipeline() as pipe:
+            execution = Execution.create(job, ttl=heartbeat_ttl_s, pipeline=pipe, worker_name=worker_name)
+            job.prepare_for_execution(worker_name, pipeline=pipe)
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.execute()
+        return Claimed(job=job, execution=execution, queue=queue, priority=priority)
+
+
+def _pop(queues: Sequence[tuple[Priority, Queue]], scripts: Scripts,
+         block_s: float) -> tuple[Priority, Queue, str] | None:
+    keys = [key for _, queue in queues for key in (queue.key, queue.intermediate_queue_key)]
+    found = scripts.claim(keys=keys, args=[])
+    if found:
+        priority, queue = queues[int(found[0]) - 1]
+        return priority, queue, as_text(found[1])
+    if block_s <= 0:
         return None
-    if popped is None:
-        return None
-    job = popped[0]
-    with queue.connection.pipeline() as pipe:
-        execution = Execution.create(job, ttl=heartbeat_ttl_s, pipeline=pipe, worker_name=worker_name)
-        job.prepare_for_execution(worker_name, pipeline=pipe)
-        pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-        pipe.execute()
-    return Claimed(job=job, execution=execution)
+    priority, queue = queues[0]
+    # Redis takes a fractional timeout (>= 6.0); redis-py's stub says int.
+    raw = queue.connection.blmove(queue.key, queue.intermediate_queue_key, block_s)  # type: ignore[arg-type]
+    return (priority, queue, as_text(raw)) if raw is not None else None
 
 
 def heartbeat(redis: Redis, claimed: list[Claimed], ttl_s: int) -> None:
@@ -74,9 +109,9 @@ def heartbeat(redis: Redis, claimed: list[Claimed], ttl_s: int) -> None:
         pipe.execute()
 
 
-def requeue_unfinished(queue: Queue, claimed: Claimed) -> None:
-    """Hand a job that this worker will not finish back to the front of the queue (drain timeout)."""
-    job = claimed.job
+def requeue_unfinished(claimed: Claimed) -> None:
+    """Hand a job that this worker will not finish back to the front of its queue (drain timeout)."""
+    job, queue = claimed.job, claimed.queue
     with queue.connection.pipeline() as pipe:
         claimed.execution.delete(job, pipeline=pipe)
         queue._enqueue_job(job, pipeline=pipe, at_front=True)

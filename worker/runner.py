@@ -20,16 +20,21 @@ from redis.exceptions import RedisError
 from rq.worker import Worker
 
 from worker import capacity, endings, events, metrics
+from worker.claims import ClaimRule
 from worker.completion import Ending, end_job
 from worker.config import WorkerSettings
 from worker.constants import CANCEL_PREFIX, ENGINE_CALLS, IMAGE_PREFIX, INFER_FUNC, MAX_INFLIGHT_SEEN
-from worker.contract import CONTRACT_VERSION, ErrorCode, InferJob, JobState, StreamEvent
+from worker.contract import CONTRACT_VERSION, ErrorCode, InferJob, JobState, Priority, StreamEvent
 from worker.deltas import DeltaBuffer
 from worker.engine import Engine, EngineError, EngineOutput, EngineRequest
-from worker.rqjobs import Claimed, claim_next, heartbeat, open_queue, requeue_unfinished
+from worker.rqjobs import Claimed, claim_next, heartbeat, open_queues, requeue_unfinished
 from worker.scripts import Scripts
 
 log = logging.getLogger("vlq.worker")
+# How long a slot that batch may not take waits for interactive work before the rule is asked again.
+_CAPPED_BLOCK_S = 0.1
+# vLLM's priority: lower is scheduled first.
+_ENGINE_PRIORITY = {Priority.INTERACTIVE: 0, Priority.BATCH: 1}
 
 
 class _EngineDiedError(Exception):
@@ -45,8 +50,11 @@ class Runner:
         self.engine = engine
         self.redis = redis
         self.name = name
-        self.queue = open_queue(redis)
+        self.queues = open_queues(redis)
         self.scripts = Scripts(redis)
+        self.rule = ClaimRule(settings.max_inflight, settings.interactive_reserve, settings.batch_every)
+        # Interactive claims since the last batch one (the rule's no-starvation turn).
+        self._streak = 0
         self._rq_worker = rq_worker
         self._slots = asyncio.Semaphore(settings.max_inflight)
         self._inflight: dict[str, Claimed] = {}
@@ -95,10 +103,16 @@ class Runner:
     async def _take_one(self) -> bool:
         if self._stop.is_set():
             return False
+        batch_inflight = sum(1 for item in self._inflight.values() if item.priority is Priority.BATCH)
+        order = self.rule.order(batch_inflight, self._streak)
+        # Capped batch: look again soon, a batch slot may free; else block until interactive work arrives.
+        block_s = _CAPPED_BLOCK_S if Priority.BATCH not in order else float(self.settings.dequeue_timeout_s)
         claimed = await asyncio.to_thread(
-            claim_next, self.queue, self.name, self.settings.heartbeat_ttl_s, self.settings.dequeue_timeout_s)
+            claim_next, [(priority, self.queues[priority]) for priority in order], self.scripts, self.name,
+            self.settings.heartbeat_ttl_s, block_s)
         if claimed is None:
             return False
+        self._streak = 0 if claimed.priority is Priority.BATCH else self._streak + 1
         self._inflight[claimed.job.id] = claimed
         task = asyncio.create_task(self._run_job(claimed))
         self._tasks.add(task)
@@ -118,7 +132,7 @@ class Runner:
             task.cancel()
         for claimed in list(self._inflight.values()):
             # Not finished within the grace period: give it back rather than lose it.
-            await asyncio.to_thread(requeue_unfinished, self.queue, claimed)
+            await asyncio.to_thread(requeue_unfinished, claimed)
             log.warning("job %s handed back to the queue at drain timeout", claimed.job.id)
 
     async def _heartbeat_loop(self) -> None:
@@ -159,7 +173,7 @@ class Runner:
             self.engine_died = True
             self.request_stop()
             self.deltas.drop(job_id)
-            await asyncio.to_thread(requeue_unfinished, self.queue, claimed)
+            await asyncio.to_thread(requeue_unfinished, claimed)
         except Exception:
             log.exception("job %s could not be finished; the janitor will sweep it", job_id)
         finally:
@@ -207,7 +221,7 @@ class Runner:
         job_id = claimed.job.id
         request = EngineRequest(request_id=claimed.execution.composite_key, messages=payload.messages,
                                 images=images, sampling=payload.sampling, response_format=payload.response_format,
-                                stream=self.settings.stream_deltas)
+                                stream=self.settings.stream_deltas, priority=_ENGINE_PRIORITY[payload.priority])
         metrics.JOBS_INFLIGHT.inc()
         peak = len(self._inflight)
         engine_start = time.time()

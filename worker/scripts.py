@@ -34,6 +34,7 @@ class Scripts:
         self.high_water: Script = redis.register_script(source("high_water"))
         self.requeue_popped: Script = redis.register_script(source("requeue_popped"))
         self.keep_bytes: Script = redis.register_script(source("keep_bytes"))
+        self.claim: Script = redis.register_script(source("claim"))
 
 
 class AsyncScripts:
@@ -42,3 +43,4 @@ class AsyncScripts:
     def __init__(self, redis: AsyncRedis) -> None:
         self.delete_media: AsyncScript = redis.register_script(source("delete_media"))
         self.keep_bytes: AsyncScript = redis.register_script(source("keep_bytes"))
+        self.release_lock: AsyncScript = redis.register_script(source("release_lock"))

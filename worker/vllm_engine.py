@@ -66,6 +66,7 @@ class VllmEngine:
         self._llm = llm
         self._processor = processor
         self._settings = settings
+        self._priorities = settings.scheduling_policy == "priority"
         self._closed = False
         # Requests between generate() entry and engine submission, and those of them abort() was called for:
         # vLLM can only abort what it has been given, so an early abort is remembered here.
@@ -176,7 +177,8 @@ class VllmEngine:
         completion_tokens = 0
         parts: list[str] = []
         try:
-            async for output in self._llm.generate(engine_input, _vllm_sampling(request), request.request_id):
+            async for output in self._llm.generate(engine_input, _vllm_sampling(request), request.request_id,
+                                                   priority=request.priority if self._priorities else 0):
                 prompt_tokens = len(output.prompt_token_ids or ()) or prompt_tokens
                 if not output.outputs:
                     continue
@@ -346,6 +348,8 @@ def engine_args(settings: WorkerSettings) -> Any:
         # vlq's exact cache already answers repeats before they reach a worker, so that cache mostly grows.
         mm_processor_cache_gb=settings.mm_processor_cache_gb,
         enforce_eager=settings.enforce_eager,
+        # Batch-priority jobs yield to interactive ones in the scheduler (vLLM refuses priorities under fcfs).
+        scheduling_policy=settings.scheduling_policy,
         seed=settings.seed,
         trust_remote_code=settings.trust_remote_code,
     )

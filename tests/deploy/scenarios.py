@@ -93,6 +93,8 @@ _SCENARIOS: dict[str, dict[str, Any]] = {
         "redis": {"auth": {"password": "fixed-password"}, "networkPolicy": {"extraFrom": [
             {"podSelector": {"matchLabels": {"app": "redis-exporter"}}}]}},
         "auth": {"tenants": {"ci": [hash_key(TEST_KEY)], "team-b": [hash_key("b-old"), hash_key("b-new")]}},
+        "webhooks": {"replicaCount": 2, "secrets": {"ci": "whsec-ci-0123456789"}, "allowCidrs": ["10.20.0.0/16"],
+                     "maxAttempts": 8, "retryMaxSeconds": 3600},
     },
 }
 

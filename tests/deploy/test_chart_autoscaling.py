@@ -14,7 +14,7 @@ import yaml
 from tests.deploy.conftest import Render
 from tests.deploy.objects import find, kinds
 from tests.deploy.scenarios import EXTERNAL_REDIS, SCENARIOS
-from worker.constants import QUEUE_NAME
+from worker.constants import BATCH_QUEUE_NAME, QUEUE_NAME
 
 AUTOSCALER_KINDS = {"ScaledObject", "TriggerAuthentication", "HorizontalPodAutoscaler"}
 
@@ -36,8 +36,8 @@ def test_target_is_derived_from_max_inflight(render: Render, max_inflight: int, 
     (metric,) = find(hpa_docs, "HorizontalPodAutoscaler")["spec"]["metrics"]
     assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": expected}
     redis_docs = render({**values, **keda(targetUtilization=utilization, keda={"trigger": "redis"})})
-    (redis_trigger,) = find(redis_docs, "ScaledObject")["spec"]["triggers"]
-    assert redis_trigger["metadata"]["listLength"] == expected
+    redis_triggers = find(redis_docs, "ScaledObject")["spec"]["triggers"]
+    assert [trigger["metadata"]["listLength"] for trigger in redis_triggers] == [expected, expected]
 
 
 def test_none_mode_has_fixed_replicas_and_no_autoscaler(render: Render) -> None:
@@ -75,12 +75,14 @@ def test_keda_prometheus_matchers_can_be_overridden(render: Render) -> None:
         'max(vlq_queue_started_jobs{kubernetes_namespace="ml",app="vlq"})')
 
 
-def test_keda_redis_trigger_reads_rqs_queue_list(render: Render) -> None:
+def test_keda_redis_trigger_reads_rqs_queue_lists(render: Render) -> None:
     docs = render(SCENARIOS["keda-redis"])
-    (trigger,) = find(docs, "ScaledObject")["spec"]["triggers"]
+    triggers = find(docs, "ScaledObject")["spec"]["triggers"]
+    # One trigger per priority queue: batch work alone wakes and scales the pool too.
+    assert [t["metadata"]["listName"] for t in triggers] == [f"rq:queue:{QUEUE_NAME}", f"rq:queue:{BATCH_QUEUE_NAME}"]
+    trigger = triggers[0]
     meta = trigger["metadata"]
     assert trigger["type"] == "redis"
-    assert meta["listName"] == f"rq:queue:{QUEUE_NAME}"
     # KEDA's operator lives in another namespace: the address must be namespace-qualified.
     assert meta["address"] == "vlq-redis.vlq.svc:6379"
     assert (meta["databaseIndex"], meta["enableTLS"]) == ("0", "false")
@@ -91,14 +93,14 @@ def test_keda_redis_trigger_reads_rqs_queue_list(render: Render) -> None:
 
 def test_keda_redis_trigger_on_external_redis(render: Render) -> None:
     docs = render({**EXTERNAL_REDIS, **keda(keda={"trigger": "redis"})})
-    (trigger,) = find(docs, "ScaledObject")["spec"]["triggers"]
-    assert trigger["metadata"]["address"] == "redis.example.internal:6380"
+    trigger, batch_trigger = find(docs, "ScaledObject")["spec"]["triggers"]
+    assert trigger["metadata"]["address"] == batch_trigger["metadata"]["address"] == "redis.example.internal:6380"
     assert (trigger["metadata"]["databaseIndex"], trigger["metadata"]["enableTLS"]) == ("2", "true")
     assert find(docs, "TriggerAuthentication")["spec"]["secretTargetRef"] == [
         {"parameter": "password", "name": "shared-redis", "key": "password"}]
     no_auth = render({"redis": {"enabled": False}, "externalRedis": {"host": "r"}, **keda(keda={"trigger": "redis"})})
-    (open_trigger,) = find(no_auth, "ScaledObject")["spec"]["triggers"]
-    assert "authenticationRef" not in open_trigger and "TriggerAuthentication" not in kinds(no_auth)
+    open_triggers = find(no_auth, "ScaledObject")["spec"]["triggers"]
+    assert all("authenticationRef" not in t for t in open_triggers) and "TriggerAuthentication" not in kinds(no_auth)
 
 
 def test_keda_scale_to_zero(render: Render) -> None:

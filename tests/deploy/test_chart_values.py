@@ -204,7 +204,7 @@ def test_chart_metadata() -> None:
     assert chart["kubeVersion"].startswith(">=")
     templates = sorted(p.name for p in (helmtool.CHART / "templates").glob("*.yaml"))
     for name in templates:
-        assert re.fullmatch(r"(gateway|worker|redis|monitoring|dashboard|adapter)-[a-z]+\.yaml", name), name
+        assert re.fullmatch(r"(gateway|worker|webhooks|redis|monitoring|dashboard|adapter)-[a-z]+\.yaml", name), name
     helpers = (helmtool.CHART / "templates" / "_helpers.tpl").read_text()
     for define in ("vlq.name", "vlq.fullname", "vlq.labels", "vlq.selectorLabels"):
         assert f'define "{define}"' in helpers

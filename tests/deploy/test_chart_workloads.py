@@ -6,6 +6,8 @@ this test rather than a deployment.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from typing import Any
 
@@ -238,7 +240,7 @@ def test_worker_name_is_the_pod_name(render: Render) -> None:
     assert env["VLQ_WORKER_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
-@pytest.mark.parametrize("workload", ["-gateway", "-worker"])
+@pytest.mark.parametrize("workload", ["-gateway", "-worker", "-webhooks"])
 def test_pods_run_non_root_without_a_service_account_token(render: Render, workload: str) -> None:
     deployment = find(render({}), "Deployment", workload)
     spec = pod_spec(deployment)
@@ -259,9 +261,11 @@ def checksums(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 def test_config_changes_roll_exactly_the_pods_that_read_it(render: Render) -> None:
     base = checksums(render({}))
-    assert set(base) == {"vlq-gateway", "vlq-worker", "vlq-redis"}
+    assert set(base) == {"vlq-gateway", "vlq-worker", "vlq-redis", "vlq-webhooks"}
     gateway_change = checksums(render({"gateway": {"config": {"maxPromptChars": 8000}}}))
     assert gateway_change["vlq-gateway"] != base["vlq-gateway"]
+    # The webhook worker reads the gateway's settings too.
+    assert gateway_change["vlq-webhooks"] != base["vlq-webhooks"]
     assert gateway_change["vlq-worker"] == base["vlq-worker"]
     worker_change = checksums(render({"worker": {"engine": {"maxModelLen": 4096}}}))
     assert worker_change["vlq-worker"] != base["vlq-worker"]
@@ -363,7 +367,7 @@ def test_only_gateway_and_workers_reach_redis(render: Render) -> None:
     assert policy["policyTypes"] == ["Ingress"]
     (rule,) = policy["ingress"]
     allowed = [peer["podSelector"]["matchLabels"] for peer in rule["from"]]
-    for workload in ("-gateway", "-worker"):
+    for workload in ("-gateway", "-worker", "-webhooks"):
         labels = find(docs, "Deployment", workload)["spec"]["template"]["metadata"]["labels"]
         assert sum(matches(sel, labels) for sel in allowed) == 1
     test_pod = find(docs, "Pod", "-test-gateway")
@@ -398,3 +402,30 @@ def test_default_ingress_publishes_only_the_api(render: Render) -> None:
     ingress = find(render({"gateway": {"ingress": {"enabled": True}}}), "Ingress")
     paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
     assert paths == ["/api"]
+
+
+# ---- webhooks ---------------------------------------------------------------------------------------------
+
+
+def test_webhook_worker_runs_the_gateway_image_with_its_settings_and_secrets(render: Render) -> None:
+    docs = render(SCENARIOS["everything"])
+    deployment = find(docs, "Deployment", "-webhooks")
+    worker = container(deployment, "webhooks")
+    gateway = container(find(docs, "Deployment", "-gateway"), "gateway")
+    assert worker["command"] == ["python", "-m", "gateway.webhook_worker"]
+    assert worker["image"] == gateway["image"] and deployment["spec"]["replicas"] == 2
+    config = find(docs, "ConfigMap", "-gateway")["data"]
+    assert config["VLQ_GATEWAY_WEBHOOK_ALLOW_CIDRS"] == '["10.20.0.0/16"]'
+    assert config["VLQ_GATEWAY_WEBHOOK_MAX_ATTEMPTS"] == "8"
+    path = config["VLQ_GATEWAY_WEBHOOK_SECRETS_FILE"]
+    secret = find(docs, "Secret", "-webhooks-secrets")
+    assert json.loads(base64.b64decode(secret["data"]["secrets.json"])) == {"ci": "whsec-ci-0123456789"}
+    for pod, name in ((deployment, "webhooks"), (find(docs, "Deployment", "-gateway"), "gateway")):
+        mounts = {m["name"]: m for m in container(pod, name)["volumeMounts"]}
+        assert mounts["webhook-secrets"]["readOnly"] is True
+        assert path.startswith(mounts["webhook-secrets"]["mountPath"] + "/")
+        assert "checksum/webhook-secrets" in pod["spec"]["template"]["metadata"]["annotations"]
+    # Without secrets nothing is mounted, and the worker can be switched off.
+    plain = render({})
+    assert "VLQ_GATEWAY_WEBHOOK_SECRETS_FILE" not in find(plain, "ConfigMap", "-gateway")["data"]
+    assert not [d for d in render({"webhooks": {"enabled": False}}) if d["metadata"]["name"].endswith("-webhooks")]

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from redis import Redis
 
 from gateway.app import create_app
 from gateway.config import GatewaySettings
+from tests.conftest import free_port
 from worker.config import WorkerSettings
 from worker.constants import JANITOR_LOCK
 from worker.engine import Engine, InstantEngine
@@ -143,3 +147,48 @@ def refused(redis_client: Redis) -> Check:
         return error
 
     return check
+
+
+ServerFactory = Callable[..., str]
+
+
+@pytest.fixture
+def server_factory(settings_factory: Callable[..., GatewaySettings]) -> Iterator[ServerFactory]:
+    """Start real uvicorn servers of ``create_app(settings)`` in threads; yields their base URLs."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def create(**overrides: Any) -> str:
+        port = free_port()
+        app = create_app(settings_factory(**overrides))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
+                                               log_level="warning", ws="none"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 5
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        return f"http://127.0.0.1:{port}"
+
+    yield create
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+
+_OPEN: list[openai.OpenAI] = []
+
+
+def sdk(base: str, key: str = "unused") -> openai.OpenAI:
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=20)
+    _OPEN.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Close every SDK client a test made: an unclosed one warns when collected, and warnings are errors."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()

@@ -7,7 +7,7 @@ import time
 from redis import Redis
 
 from worker.completion import Ending, publish_result, result_key
-from worker.constants import CACHE_PREFIX, INFLIGHT_PREFIX, TENANT_INFLIGHT_PREFIX
+from worker.constants import CACHE_PREFIX, ENDED_STREAM, INFLIGHT_PREFIX, JOB_HOOKS_PREFIX, TENANT_INFLIGHT_PREFIX
 from worker.contract import (
     CacheMode,
     ErrorCode,
@@ -57,6 +57,18 @@ def test_failure_is_not_cached_and_leaves_another_jobs_marker(redis_client: Redi
     assert redis_client.get(INFLIGHT_PREFIX + job.cache_key) == b"job-2"
 
 
+def test_an_end_is_logged_only_for_a_job_with_webhooks_and_only_by_the_first_writer(redis_client: Redis) -> None:
+    job = payload()
+    assert publish_result(redis_client, Ending("job-4", done("no hooks"), job)) is True
+    assert redis_client.exists(ENDED_STREAM) == 0
+    redis_client.sadd(JOB_HOOKS_PREFIX + "job-5", "request-1")
+    failed = JobResult(state=JobState.FAILED, finished_at=time.time(),
+                       error=JobError(code=ErrorCode.WORKER_LOST, message="lost"))
+    assert publish_result(redis_client, Ending("job-5", failed, None)) is True
+    assert publish_result(redis_client, Ending("job-5", done("late"), job)) is False
+    assert [fields for _id, fields in redis_client.xrange(ENDED_STREAM)] == [{b"job": b"job-5"}]
+
+
 def test_cache_off_results_are_not_cached(redis_client: Redis) -> None:
     job = payload(CacheMode.OFF)
     assert publish_result(redis_client, Ending("job-3", done("fresh"), job)) is True
@@ -68,12 +80,15 @@ def test_end_job_writes_result_and_rq_records_together(redis_client: Redis) -> N
 
     from worker.completion import end_job
     from worker.constants import INFER_FUNC, QUEUE_NAME
+    from worker.contract import Priority
     from worker.rqjobs import claim_next, open_queue
+    from worker.scripts import Scripts
 
     queue = open_queue(redis_client)
     job = payload()
     queue.enqueue(INFER_FUNC, job=job.model_dump(mode="json"), job_id="job-9")
-    claimed = claim_next(queue, "w1", heartbeat_ttl_s=30, timeout_s=1)
+    claimed = claim_next([(Priority.INTERACTIVE, queue)], Scripts(redis_client), "w1", heartbeat_ttl_s=30,
+                         block_s=1)
     assert claimed is not None
     assert StartedJobRegistry(QUEUE_NAME, connection=redis_client).count == 1
     assert end_job(redis_client, Ending("job-9", done("answer"), job), claimed.job, claimed.execution, "w1")

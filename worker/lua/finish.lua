@@ -1,9 +1,11 @@
 -- Ends a job in one atomic step: the result document; the stream's last delta and its terminal event;
--- for a cacheable success the L1 entry (and the near-index entry); the in-flight and quota markers; and
--- the wake-up publish. The first writer wins: if a result exists, nothing is written and 0 is returned.
+-- for a cacheable success the L1 entry (and the near-index entry); the in-flight and quota markers; the
+-- ended-log entry for a job that carries webhooks; and the wake-up publish. The first writer wins: if a
+-- result exists, nothing is written and 0 is returned.
 -- KEYS[1]  result document            KEYS[2]  in-flight marker (cache key -> job id)
 -- KEYS[3]  L1 cache entry             KEYS[4]  near-duplicate bucket
 -- KEYS[5]  tenant's in-flight set     KEYS[6]  the job's event stream
+-- KEYS[7]  the job's webhook set (request ids)   KEYS[8]  the ended log (a stream gateways consume)
 -- ARGV[1]  job id                     ARGV[2]  result JSON
 -- ARGV[3]  result TTL s (result and stream)   ARGV[4]  terminal event type (done, failed, ...)
 -- ARGV[5]  "1" to cache the result in L1, else "0"            ARGV[6]  L1 TTL s
@@ -13,6 +15,7 @@
 -- ARGV[13] pub/sub channel            ARGV[14] message published on it
 -- ARGV[15] channel of cached answers  ARGV[16] message published there when ARGV[5] == "1" (gateways keep
 --          the answer in their L2 from it)
+-- ARGV[17] ended log max length (approximate: entries are tiny and read within seconds)
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 if ARGV[9] == '1' then append_event(KEYS[6], 'delta', ARGV[10], ARGV[11]) end
@@ -28,6 +31,10 @@ if ARGV[5] == '1' then
     redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -257)
     redis.call('EXPIRE', KEYS[4], ARGV[6])
   end
+end
+-- Durable, unlike the publish: the end reaches a webhook even if no gateway is listening right now.
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[17], '*', 'job', ARGV[1])
 end
 redis.call('PUBLISH', ARGV[13], ARGV[14])
 return 1

@@ -126,8 +126,9 @@ read the file only at start. An existing Secret changed with kubectl alone needs
 {{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
 {{- end }}
 
-{{/* RQ keeps the queue as the list rq:queue:<QUEUE_NAME> (worker/constants.py). */}}
+{{/* RQ keeps each queue as the list rq:queue:<name>: QUEUE_NAME and BATCH_QUEUE_NAME (worker/constants.py). */}}
 {{- define "vlq.queueList" -}}rq:queue:vlq-infer{{- end }}
+{{- define "vlq.batchQueueList" -}}rq:queue:vlq-infer-batch{{- end }}
 
 {{/* ---- Redis connection ------------------------------------------------------------------------------ */}}
 
@@ -280,4 +281,45 @@ Call with (dict "ctx" $ "urlVar" "VLQ_GATEWAY_REDIS_URL").
 {{- /* `helm lint` turns fail into an INFO line and renders on; an unparsable line makes lint fail too. */}}
 {{ printf "vlq-invalid-values: [%q" $message }}
 {{- end }}
+{{- end }}
+
+{{/* ---- Webhooks --------------------------------------------------------------------------------------- */}}
+
+{{- define "vlq.webhooks.fullname" -}}{{ include "vlq.fullname" . }}-webhooks{{- end }}
+{{- define "vlq.webhooks.secretsDir" -}}/etc/vlq/webhooks{{- end }}
+{{- define "vlq.webhooks.secretsFile" -}}secrets.json{{- end }}
+
+{{/* "true" when some tenant can have a webhook secret: the chart's own Secret or an existing one. */}}
+{{- define "vlq.webhooks.hasSecrets" -}}
+{{- if or .Values.webhooks.existingSecret .Values.webhooks.secrets }}true{{ end }}
+{{- end }}
+
+{{- define "vlq.webhooks.secretName" -}}
+{{- .Values.webhooks.existingSecret | default (printf "%s-secrets" (include "vlq.webhooks.fullname" .)) }}
+{{- end }}
+
+{{- define "vlq.webhooks.secretKey" -}}
+{{- if .Values.webhooks.existingSecret }}{{ .Values.webhooks.existingSecretKey }}{{ else }}{{ include "vlq.webhooks.secretsFile" . }}{{ end }}
+{{- end }}
+
+{{/* The secrets file is read once at start: pods that mount it roll when it changes. */}}
+{{- define "vlq.webhooks.secretsChecksum" -}}
+{{- printf "%s/%s/%s" .Values.webhooks.existingSecret .Values.webhooks.existingSecretKey (toJson .Values.webhooks.secrets) | sha256sum }}
+{{- end }}
+
+{{/* The volume and mount of the secrets file, for the gateway and the webhook worker. */}}
+{{- define "vlq.webhooks.volume" -}}
+- name: webhook-secrets
+  secret:
+    secretName: {{ include "vlq.webhooks.secretName" . }}
+    defaultMode: 0444
+    items:
+      - key: {{ include "vlq.webhooks.secretKey" . }}
+        path: {{ include "vlq.webhooks.secretsFile" . }}
+{{- end }}
+
+{{- define "vlq.webhooks.mount" -}}
+- name: webhook-secrets
+  mountPath: {{ include "vlq.webhooks.secretsDir" . }}
+  readOnly: true
 {{- end }}

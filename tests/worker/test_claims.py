@@ -1,0 +1,65 @@
+"""The claim rule (interactive first, batch capped and never starved) and the claim itself on real Redis."""
+
+from __future__ import annotations
+
+from redis import Redis
+
+from worker.claims import ClaimRule
+from worker.constants import INFER_FUNC
+from worker.contract import Priority
+from worker.rqjobs import claim_next, open_queues
+from worker.scripts import Scripts
+
+INT, B = Priority.INTERACTIVE, Priority.BATCH
+
+
+def simulate(rule: ClaimRule, claims: int) -> list[Priority]:
+    """Which queue each claim takes when both always have work and batch jobs end at once."""
+    taken: list[Priority] = []
+    streak = 0
+    for _ in range(claims):
+        choice = rule.order(batch_inflight=0, streak=streak)[0]
+        taken.append(choice)
+        streak = 0 if choice is B else streak + 1
+    return taken
+
+
+def test_interactive_first_but_batch_gets_every_nth_claim() -> None:
+    taken = simulate(ClaimRule(max_inflight=16, interactive_reserve=2, batch_every=4), 12)
+    assert taken == [INT, INT, INT, B] * 3
+
+
+def test_batch_never_takes_the_reserved_slots() -> None:
+    rule = ClaimRule(max_inflight=16, interactive_reserve=2, batch_every=8)
+    assert rule.batch_cap == 14
+    assert rule.order(batch_inflight=14, streak=100) == (INT,)
+    assert rule.order(batch_inflight=13, streak=0) == (INT, B)
+    # One slot: the reserve cannot leave batch nothing.
+    assert ClaimRule(max_inflight=1, interactive_reserve=2, batch_every=8).batch_cap == 1
+
+
+def test_claim_takes_the_first_non_empty_queue_in_order(redis_client: Redis) -> None:
+    queues = open_queues(redis_client)
+    scripts = Scripts(redis_client)
+    queues[B].enqueue(INFER_FUNC, job={}, job_id="batch-1")
+    queues[INT].enqueue(INFER_FUNC, job={}, job_id="inter-1")
+    order = [(INT, queues[INT]), (B, queues[B])]
+    first = claim_next(order, scripts, "w", heartbeat_ttl_s=30, block_s=0)
+    second = claim_next(order, scripts, "w", heartbeat_ttl_s=30, block_s=0)
+    assert first is not None and second is not None
+    assert (first.job.id, first.priority, second.job.id, second.priority) == ("inter-1", INT, "batch-1", B)
+    assert claim_next(order, scripts, "w", heartbeat_ttl_s=30, block_s=0) is None
+    # Registered as started on its own queue (rq info tells the truth), nothing left in the lists.
+    assert queues[INT].started_job_registry.get_job_ids() == ["inter-1"]
+    assert queues[B].started_job_registry.get_job_ids() == ["batch-1"]
+    assert redis_client.llen(queues[B].intermediate_queue_key) == 0
+
+
+def test_a_deleted_job_is_skipped(redis_client: Redis) -> None:
+    queues = open_queues(redis_client)
+    gone = queues[INT].enqueue(INFER_FUNC, job={}, job_id="gone")
+    queues[INT].enqueue(INFER_FUNC, job={}, job_id="kept")
+    redis_client.delete(gone.key)
+    claimed = claim_next([(INT, queues[INT])], Scripts(redis_client), "w", heartbeat_ttl_s=30, block_s=0)
+    assert claimed is not None and claimed.job.id == "kept"
+    assert redis_client.llen(queues[INT].intermediate_queue_key) == 0
