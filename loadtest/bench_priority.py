@@ -1,7 +1,7 @@
 """Priorities: an interactive request's wait with 500 Batch API lines queued, against the idle case.
 
-One instant-engine worker (``VLQ_WORKER_INSTANT_DELAY_S`` per job, 16 slots, the default interactive
-reserve) behind the gateway. Each probe is an interactive ``POST /api/infer`` (a distinct prompt: no cache
+One instant-engine worker (``VLQ_WORKER_INSTANT_DELAY_S`` per job, 8 slots, the default interactive
+reserve of 2) behind the gateway. Each probe is an interactive ``POST /api/infer`` (a distinct prompt: no cache
 hit) followed by a long-poll for its answer; probes go one at a time, a fixed pause apart.
 
 - idle: the probes alone;
@@ -30,11 +30,14 @@ DELAY_S = 0.3
 LINES = 500
 PROBES = 30
 PAUSE_S = 0.25
+# 8 slots, 2 kept for interactive work: the 500 lines take about 500 * 0.3 / 6 = 25 s, longer than the probes.
+SLOTS = 8
 
 
 async def _probe(client: httpx.AsyncClient, index: int, label: str) -> tuple[float, float]:
     started = time.perf_counter()
-    posted = await client.post("/api/infer", json={"prompt": f"{label} probe {index}", "max_tokens": 8})
+    posted = await client.post("/api/infer", json={"messages": [{"role": "user", "content": f"{label} probe {index}"}],
+                                                   "max_tokens": 8})
     posted.raise_for_status()
     request_id = posted.json()["request_id"]
     while True:
@@ -86,7 +89,7 @@ async def _measure(stack: LocalStack) -> tuple[list[tuple[float, float]], list[t
 def run() -> list[Check]:
     """Start the instant-engine stack with a per-job delay, measure both cases, stop it."""
     with LocalStack(engine="instant", worker_env={"VLQ_WORKER_INSTANT_DELAY_S": str(DELAY_S),
-                                                  "VLQ_WORKER_MAX_INFLIGHT": "16"}) as stack:
+                                                  "VLQ_WORKER_MAX_INFLIGHT": str(SLOTS)}) as stack:
         stack.start()
         idle, loaded, before, after = asyncio.run(_measure(stack))
     rows = []
@@ -95,7 +98,7 @@ def run() -> list[Check]:
         waits = [wait * 1000 for _, wait in runs]
         rows.append([label, str(len(runs)), fmt(percentile(totals, 50)), fmt(percentile(totals, 95)),
                      fmt(percentile(waits, 95))])
-    print(f"\n## Priorities: interactive probes, instant engine {DELAY_S} s/job, 16 slots\n")
+    print(f"\n## Priorities: interactive probes, instant engine {DELAY_S} s/job, {SLOTS} slots\n")
     print(table(["case", "probes", "submit->done p50 ms", "p95 ms", "queue wait p95 ms"], rows))
     print(f"\nbatch queue depth: {before} when the probes began, {after} when they ended")
     ratio = percentile([t for t, _ in loaded], 95) / percentile([t for t, _ in idle], 95)

@@ -59,7 +59,7 @@ def started_key(queue: Queue) -> str:
 def claim_next(queues: Sequence[tuple[Priority, Queue]], scripts: Scripts, worker_name: str,
                heartbeat_ttl_s: int, block_s: float) -> Claimed | None:
     """The head of the first non-empty queue, registered as started; blocks up to ``block_s`` on the
-    first queue when all are empty. Blocking: call from a thread.
+    interactive queue (or the only one) when all are empty. Blocking: call from a thread.
 
     The id moves atomically from its queue to the queue's intermediate list (the claim script, or BLMOVE
     as RQ does), so a worker that dies between the pop and the registration leaves the id where the
@@ -93,7 +93,8 @@ def _pop(queues: Sequence[tuple[Priority, Queue]], scripts: Scripts,
         return priority, queue, as_text(found[1])
     if block_s <= 0:
         return None
-    priority, queue = queues[0]
+    # Block on interactive work whatever the order: it is what must not wait (batch waits at most block_s).
+    priority, queue = next(((p, q) for p, q in queues if p is Priority.INTERACTIVE), queues[0])
     # Redis takes a fractional timeout (>= 6.0); redis-py's stub says int.
     raw = queue.connection.blmove(queue.key, queue.intermediate_queue_key, block_s)  # type: ignore[arg-type]
     return (priority, queue, as_text(raw)) if raw is not None else None

@@ -63,3 +63,16 @@ def test_a_deleted_job_is_skipped(redis_client: Redis) -> None:
     claimed = claim_next([(INT, queues[INT])], Scripts(redis_client), "w", heartbeat_ttl_s=30, block_s=0)
     assert claimed is not None and claimed.job.id == "kept"
     assert redis_client.llen(queues[INT].intermediate_queue_key) == 0
+
+
+def test_an_idle_claim_wakes_for_interactive_work_even_when_batch_is_tried_first(redis_client: Redis) -> None:
+    import threading
+    import time
+
+    queues = open_queues(redis_client)
+    threading.Timer(0.2, lambda: queues[INT].enqueue(INFER_FUNC, job={}, job_id="late")).start()
+    started = time.monotonic()
+    claimed = claim_next([(B, queues[B]), (INT, queues[INT])], Scripts(redis_client), "w", heartbeat_ttl_s=30,
+                         block_s=3)
+    assert claimed is not None and claimed.job.id == "late"
+    assert time.monotonic() - started < 1.0
