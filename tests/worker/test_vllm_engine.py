@@ -13,6 +13,7 @@ against vLLM's exact messages without an engine.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import time
 from collections.abc import Coroutine, Iterator
@@ -120,6 +121,22 @@ def test_concurrent_calls_each_get_their_own_answer(engine: VllmEngine, run: Any
 
     assert len({output.text for output in one_by_one}) == len(colors)
     assert [output.text for output in together] == [output.text for output in one_by_one]
+
+
+@pytest.mark.engine
+def test_batch_priority_requests_share_the_engine_with_interactive_ones(engine: VllmEngine, run: Any) -> None:
+    # The worker runs vLLM with scheduling_policy=priority (its default): batch jobs pass priority 1.
+    assert WorkerSettings.model_fields["scheduling_policy"].default == "priority"
+    requests = [dataclasses.replace(request(f"p{i}", f"Describe picture {i}.", [png(color)]), priority=i % 2)
+                for i, color in enumerate(["red", "blue", "green", "white"])]
+
+    async def all_at_once() -> list[EngineOutput]:
+        return list(await asyncio.gather(*(engine.generate(req) for req in requests)))
+
+    together = run(all_at_once())
+    alone = [run(engine.generate(dataclasses.replace(req, request_id=req.request_id + "-0", priority=0)))
+             for req in requests]
+    assert [output.text for output in together] == [output.text for output in alone]
 
 
 @pytest.mark.engine
