@@ -26,6 +26,7 @@ import secrets
 import time
 from typing import Any
 
+from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
@@ -253,7 +254,9 @@ class Driver:
         counts = BatchCounts(total=counts.total, completed=counts.completed + step.completed,
                              failed=counts.failed + step.failed)
         bid = batch.batch_id
-        async with self.backend.aredis.pipeline(transaction=True) as pipe:
+        ttl = int(batch.record.expires_at - time.time()) + self.backend.settings.file_ttl_s
+
+        def writes(pipe: AsyncPipeline) -> None:
             if step.output:
                 pipe.rpush(batches.output_key(bid), *step.output)
             if step.errors:
@@ -265,11 +268,10 @@ class Driver:
                 pipe.srem(batches.open_key(bid), *step.closed)
             for key in (batches.output_key(bid), batches.errors_key(bid), batches.lines_key(bid),
                         batches.open_key(bid)):
-                pipe.expire(key, int(batch.record.expires_at - time.time()) + self.backend.settings.file_ttl_s)
-            batch = await batches.update(self.backend, batch, pipe=pipe, request_counts=counts, submitted=submitted,
-                                         offset=offset)
-            await pipe.execute()
-        return batch
+                pipe.expire(key, ttl)
+
+        return await batches.update(self.backend, batch, also=writes, request_counts=counts, submitted=submitted,
+                                    offset=offset)
 
     async def _all_ended(self, batch: Batch) -> bool:
         redis = self.backend.aredis

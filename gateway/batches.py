@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.asyncio.client import Pipeline as AsyncPipeline
+from redis.exceptions import WatchError
 
 from cache.codec import as_text
 from gateway import files
@@ -226,16 +227,31 @@ async def cancel(backend: Backend, tenant: str, batch_id: str) -> Batch:
     return await update(backend, batch, status="cancelling", cancelling_at=time.time())
 
 
-async def update(backend: Backend, batch: Batch, *, pipe: AsyncPipeline | None = None, **changes: Any) -> Batch:
-    """The record with ``changes`` written back (in ``pipe`` when given, else at once)."""
-    record = batch.record.model_copy(update=changes)
-    ttl = _ttl(record, backend.settings.file_ttl_s)
-    text = record.model_dump_json(exclude_none=True)
-    if pipe is not None:
-        pipe.set(record_key(batch.batch_id), text, ex=ttl)
-    else:
-        await backend.aredis.set(record_key(batch.batch_id), text, ex=ttl)
-    return Batch(batch.batch_id, record)
+async def update(backend: Backend, batch: Batch, *, also: Callable[[AsyncPipeline], None] | None = None,
+                 **changes: Any) -> Batch:
+    """The record with ``changes`` written back, with ``also``'s writes in the same transaction.
+
+    The driver and a client's cancel both write the record: this reads it afresh under WATCH and applies
+    ``changes`` to what is there, so neither overwrites the other, and a ``cancelling`` a client set is kept
+    until the batch reaches a final state.
+    """
+    key = record_key(batch.batch_id)
+    async with backend.aredis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(key)
+                fresh = _parse(await pipe.get(key), None) or batch.record
+                if fresh.status == "cancelling" and changes.get("status") not in FINAL:
+                    changes = {name: value for name, value in changes.items() if name != "status"}
+                record = fresh.model_copy(update=changes)
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.set(key, record.model_dump_json(exclude_none=True), ex=_ttl(record, backend.settings.file_ttl_s))
+                if also is not None:
+                    also(pipe)
+                await pipe.execute()
+                return Batch(batch.batch_id, record)
+            except WatchError:
+                continue
 
 
 async def active_ids(backend: Backend) -> list[str]:
