@@ -50,8 +50,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         load_secrets(settings)
         dispatcher = Dispatcher(backend)
         dispatcher.start()
-        janitor = Janitor(backend.redis, list(backend.queues.values()), settings.stale_after_s,
-                          settings.janitor_interval_s)
+        janitor = Janitor(backend.redis, backend.queues, settings.stale_after_s, settings.janitor_interval_s)
         sweeping = asyncio.create_task(janitor.run())
         # Every replica drives batches; a per-batch lock makes one of them advance each batch at a time.
         driving = asyncio.create_task(Driver(backend).run())

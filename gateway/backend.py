@@ -33,14 +33,23 @@ class Backend:
     # For blocking stream reads: its read timeout outlasts the longest block.
     stream_redis: AsyncRedis
     redis: Redis
-    # The inference queues by priority (interactive first).
-    queues: dict[Priority, Queue]
+    # The inference queues of each served model, by priority (interactive first).
+    queues: dict[str, dict[Priority, Queue]]
     l2: L2Cache
     cache: ExactCache
     waiter: ResultWaiter
     presence: WorkerPresence
     scripts: Scripts
     ascripts: AsyncScripts
+
+    def queues_of(self, model: str | None) -> dict[Priority, Queue]:
+        """A served model's queues (the default model's for None or a model no longer served)."""
+        return self.queues.get(model or self.settings.model) or self.queues[self.settings.model]
+
+    @property
+    def all_queues(self) -> list[Queue]:
+        """Every inference queue of every served model."""
+        return [queue for queues in self.queues.values() for queue in queues.values()]
 
     @property
     def image_limits(self) -> ImageLimits:
@@ -63,6 +72,6 @@ def connect(settings: GatewaySettings) -> Backend:
     l2 = L2Cache(settings.l2_path, settings.l2_ttl_s, settings.l2_max_bytes)
     cache = ExactCache(aredis, l2, l1_prefix=CACHE_PREFIX, near_prefix=NEAR_PREFIX, l1_ttl_s=settings.l1_ttl_s)
     return Backend(settings=settings, aredis=aredis, stream_redis=stream_redis, redis=redis,
-                   queues=open_queues(redis), l2=l2, cache=cache,
+                   queues={model: open_queues(redis, model) for model in settings.served_models}, l2=l2, cache=cache,
                    waiter=ResultWaiter(settings.redis_url, cache), presence=WorkerPresence(),
                    scripts=Scripts(redis), ascripts=AsyncScripts(aredis))

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.config import DEFAULT_MODEL
@@ -26,8 +26,12 @@ class GatewaySettings(BaseSettings):
     # Threads for blocking work (image decode, sync Redis, SQLite). More than a few per core only fight over
     # the GIL: at 64 requests in flight, 40 threads served 43 req/s where 4 served 153.
     threads: int = Field(default=8, ge=1, le=256)
-    # Must name the model the workers serve: it is part of every cache key.
+    # The default served model (requests that name none); part of every cache key.
     model: str = DEFAULT_MODEL
+    # Every served model, each with its own queues and worker pool (empty: just ``model``). JSON list.
+    models: list[str] = Field(default_factory=list)
+    # LoRA adapters per served model (JSON object model -> adapter names); requests name "<model>:<adapter>".
+    adapters: dict[str, list[str]] = Field(default_factory=dict)
 
     # Tenants: API keys from a JSON file of hashes (a mounted Secret). Off only when set false explicitly.
     auth_enabled: bool = True
@@ -136,3 +140,14 @@ class GatewaySettings(BaseSettings):
             return [str(cidr).strip() for cidr in value]
         return value
 
+    @property
+    def served_models(self) -> list[str]:
+        """The served models, the default first."""
+        return [self.model, *(name for name in self.models if name != self.model)]
+
+    @model_validator(mode="after")
+    def _adapters_of_served_models(self) -> GatewaySettings:
+        unknown = set(self.adapters) - set(self.served_models)
+        if unknown:
+            raise ValueError(f"adapters name models that are not served: {sorted(unknown)}")
+        return self

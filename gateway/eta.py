@@ -59,9 +59,11 @@ def estimate(position: int, running: int, live: capacity.Capacity, prior_s: floa
 # queue ahead of its own; an interactive job's does not count batch jobs.
 
 
-async def for_new_job(backend: Backend, priority: Priority = Priority.INTERACTIVE) -> tuple[int, Standing]:
+async def for_new_job(backend: Backend, model: str,
+                      priority: Priority = Priority.INTERACTIVE) -> tuple[int, Standing]:
     """(depth of the job's queue, the standing of a job enqueued now at its end), in one round trip."""
-    interactive, batch = (backend.queues[Priority.INTERACTIVE].key, backend.queues[Priority.BATCH].key)
+    queues = backend.queues_of(model)
+    interactive, batch = queues[Priority.INTERACTIVE].key, queues[Priority.BATCH].key
 
     def depth_of(pipe: AsyncPipeline) -> None:
         pipe.llen(interactive)
@@ -71,13 +73,14 @@ async def for_new_job(backend: Backend, priority: Priority = Priority.INTERACTIV
         ahead, own = int(str(replies[0])), int(str(replies[1]))
         return (ahead, ahead) if priority is Priority.INTERACTIVE else (own, ahead + own)
 
-    depth, standing = await _standing(backend, depth_of, 2, position)
+    depth, standing = await _standing(backend, model, depth_of, 2, position)
     return depth, standing or Standing(position=depth, eta_s=None, warming=False)
 
 
-async def for_job(backend: Backend, job_id: str) -> Standing:
-    """The standing of a queued job now (position None if it is no longer in a queue)."""
-    interactive, batch = (backend.queues[Priority.INTERACTIVE].key, backend.queues[Priority.BATCH].key)
+async def for_job(backend: Backend, job_id: str, model: str | None) -> Standing:
+    """The standing of a queued job of ``model`` now (position None if it is no longer in a queue)."""
+    queues = backend.queues_of(model)
+    interactive, batch = queues[Priority.INTERACTIVE].key, queues[Priority.BATCH].key
 
     def position_of(pipe: AsyncPipeline) -> None:
         pipe.lpos(interactive, job_id)
@@ -90,22 +93,24 @@ async def for_job(backend: Backend, job_id: str) -> Standing:
             return 0, own
         return (0, int(str(ahead)) + in_batch) if isinstance(in_batch, int) else None
 
-    _, standing = await _standing(backend, position_of, 3, position)
+    _, standing = await _standing(backend, model, position_of, 3, position)
     return standing or Standing(position=None, eta_s=None, warming=False)
 
 
-async def _standing(backend: Backend, reads: Callable[[AsyncPipeline], None], count: int,
+async def _standing(backend: Backend, model: str | None, reads: Callable[[AsyncPipeline], None], count: int,
                     position_of: Callable[[list[object]], tuple[int, int] | None]) -> tuple[int, Standing | None]:
-    """(depth, the standing at the position ``position_of`` finds in the replies to ``reads``)."""
+    """(depth, the standing at the position ``position_of`` finds in the replies to ``reads``), on the
+    model's own pool."""
+    queues = list(backend.queues_of(model).values())
     async with backend.aredis.pipeline(transaction=False) as pipe:
         reads(pipe)
-        for queue in backend.queues.values():
+        for queue in queues:
             pipe.zcard(started_key(queue))
-        capacity.queue_reads(pipe)
+        capacity.queue_reads(pipe, model or backend.settings.model)
         replies = await pipe.execute()
     found = position_of(replies[:count])
-    running = sum(int(n) for n in replies[count:count + len(backend.queues)])
-    entries, cold = replies[count + len(backend.queues):]
+    running = sum(int(n) for n in replies[count:count + len(queues)])
+    entries, cold = replies[count + len(queues):]
     if found is None:
         return 0, None
     depth, position = found

@@ -31,7 +31,7 @@ from worker.presets import Task, preset
 _DATA_URL = re.compile(r"^data:(image/[a-z0-9.+-]+);base64,(.*)$", re.DOTALL)
 M = TypeVar("M", bound=BaseModel)
 _FIELDS = frozenset({"prompt", "temperature", "top_p", "max_tokens", "seed", "cache", "deadline_s", "task",
-                     "priority", "webhook_url"})
+                     "priority", "webhook_url", "model"})
 # Validation error types that mean "no prompt"; any other prompt error (NUL, not a string) is invalid_parameter.
 _NO_PROMPT = frozenset({"missing", "string_too_short", "prompt_empty"})
 _SCHEMA_PARAM = "response_format.json_schema.schema"
@@ -77,6 +77,8 @@ class InferParams(BaseModel):
     deadline_s: float | None = Field(default=None, gt=0, le=86_400)
     task: Task = Task.VQA
     response_format: ResponseFormatIn | None = None
+    # A served model or "<model>:<adapter>" (gateway/models.py); None: the default model.
+    model: str | None = Field(default=None, min_length=1, max_length=256)
     # batch: the job waits on the batch queue and yields to interactive work (worker/claims.py).
     priority: Priority = Priority.INTERACTIVE
     # POSTed the final body, signed, when the request ends (gateway/webhooks.py checks it at submit).

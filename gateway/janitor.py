@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -28,7 +29,7 @@ from gateway import metrics
 from worker import capacity
 from worker.completion import Ending, end_job, record_in_rq, result_key
 from worker.constants import JANITOR_LOCK
-from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState
+from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState, Priority
 from worker.scripts import Scripts
 
 log = logging.getLogger("vlq.gateway.janitor")
@@ -36,9 +37,12 @@ log = logging.getLogger("vlq.gateway.janitor")
 class Janitor:
     """Sweeps the inference queues; ``sweep`` blocks (call it from a thread), ``run`` loops it from asyncio."""
 
-    def __init__(self, redis: Redis, queues: list[Queue], stale_after_s: int, interval_s: float) -> None:
+    def __init__(self, redis: Redis, queues: Mapping[str, Mapping[Priority, Queue]], stale_after_s: int,
+                 interval_s: float) -> None:
         self.redis = redis
-        self.queues = queues
+        # Each served model's queues, interactive first.
+        self.pools = {model: list(by_priority.values()) for model, by_priority in queues.items()}
+        self.queues = [queue for pool in self.pools.values() for queue in pool]
         self.stale_after_s = stale_after_s
         self.interval_s = interval_s
         # (queue, job id) -> when an id was first seen popped but not started.
@@ -63,7 +67,8 @@ class Janitor:
 
     def sweep(self) -> int:
         """One pass over every queue; returns how many jobs it ended, retried or requeued."""
-        capacity.forget_lapsed(self.redis)
+        for model in self.pools:
+            capacity.forget_lapsed(self.redis, model)
         return sum(self.sweep_expired(queue) + self.sweep_popped(queue) for queue in self.queues)
 
     def sweep_expired(self, queue: Queue) -> int:
@@ -128,22 +133,24 @@ class Janitor:
         return requeued
 
     def update_gauges(self) -> None:
-        """Depth and started jobs of all queues together (what the autoscaler adds up), and the age of the
-        interactive queue's head (batch work is expected to wait)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for queue in self.queues:
-                pipe.llen(queue.key)
-                pipe.zcard(_started(queue).key)
-            pipe.lindex(self.queues[0].key, 0)
-            *counts, head = pipe.execute()
-        metrics.QUEUE_DEPTH.set(sum(counts[0::2]))
-        metrics.QUEUE_STARTED.set(sum(counts[1::2]))
-        age = 0.0
-        if head is not None:
-            enqueued = self.redis.hget(Job.key_for(as_text(head)), "enqueued_at")
-            if enqueued:
-                age = max(time.time() - str_to_date(enqueued).timestamp(), 0.0)
-        metrics.QUEUE_OLDEST_AGE.set(age)
+        """Per model: depth and started jobs of its queues together (what its pool's autoscaler adds up), and
+        the age of its interactive queue's head (batch work is expected to wait)."""
+        for model, pool in self.pools.items():
+            with self.redis.pipeline(transaction=False) as pipe:
+                for queue in pool:
+                    pipe.llen(queue.key)
+                    pipe.zcard(_started(queue).key)
+                pipe.lindex(pool[0].key, 0)
+                *counts, head = pipe.execute()
+            metrics.QUEUE_DEPTH.labels(model=model).set(sum(counts[0::2]))
+            metrics.QUEUE_STARTED.labels(model=model).set(sum(counts[1::2]))
+            metrics.QUEUE_OLDEST_AGE.labels(model=model).set(self._age(head))
+
+    def _age(self, head: object) -> float:
+        if head is None:
+            return 0.0
+        enqueued = self.redis.hget(Job.key_for(as_text(head)), "enqueued_at")
+        return max(time.time() - str_to_date(enqueued).timestamp(), 0.0) if enqueued else 0.0
 
 
 def _started(queue: Queue) -> StartedJobRegistry:

@@ -12,10 +12,11 @@ from redis.asyncio import Redis as AsyncRedis
 
 from cache.codec import as_text
 from gateway.errors import TooManyRequestsError, UnavailableError
-from worker.constants import QUEUE_NAME, RATE_PREFIX
+from worker.constants import RATE_PREFIX
+from worker.contract import Priority
+from worker.rqjobs import queue_names
 
 _WINDOW_S = 60
-_WORKERS_KEY = f"rq:workers:{QUEUE_NAME}"
 
 
 async def check_rate(redis: AsyncRedis, tenant: str, per_minute: int) -> None:
@@ -36,23 +37,26 @@ async def check_rate(redis: AsyncRedis, tenant: str, per_minute: int) -> None:
 
 
 class WorkerPresence:
-    """Whether any worker is registered and heart-beating, looked up at most once a second."""
+    """Whether any worker of a model's pool is registered and heart-beating, looked up at most once a second
+    per model."""
 
     def __init__(self) -> None:
-        self._checked_at = 0.0
-        self._alive = True
+        # model -> (when looked up, alive then)
+        self._seen: dict[str, tuple[float, bool]] = {}
 
-    async def require(self, redis: AsyncRedis) -> None:
-        if time.monotonic() - self._checked_at > 1.0:
-            self._alive = await _any_worker_alive(redis)
-            self._checked_at = time.monotonic()
-        if not self._alive:
-            raise UnavailableError("no_worker", "no worker is running; retry later", None, {"Retry-After": "10"})
+    async def require(self, redis: AsyncRedis, model: str) -> None:
+        checked_at, alive = self._seen.get(model, (0.0, True))
+        if time.monotonic() - checked_at > 1.0:
+            alive = await _any_worker_alive(redis, model)
+            self._seen[model] = (time.monotonic(), alive)
+        if not alive:
+            raise UnavailableError("no_worker", f"no worker of {model!r} is running; retry later", None,
+                                   {"Retry-After": "10"})
 
 
-async def _any_worker_alive(redis: AsyncRedis) -> bool:
+async def _any_worker_alive(redis: AsyncRedis, model: str) -> bool:
     # RQ keeps a set of worker keys per queue; a key whose heartbeat lapsed has expired.
-    for member in await redis.smembers(_WORKERS_KEY):
+    for member in await redis.smembers(f"rq:workers:{queue_names(model)[Priority.INTERACTIVE]}"):
         if await redis.exists(as_text(member)):
             return True
     return False

@@ -31,10 +31,13 @@ COALESCED = Counter("vlq_coalesced_total", "Requests attached to an identical jo
 REFUSED = Counter("vlq_refused_total", "Requests refused, by reason (error code)", ["reason"])
 JANITOR = Counter("vlq_janitor_actions_total", "Abandoned jobs the janitor retried or failed", ["action"])
 # Queue gauges are set by the janitor from Redis: every process reports the same value, so take the latest.
-QUEUE_DEPTH = Gauge("vlq_queue_depth", "Jobs waiting in the queue", multiprocess_mode="mostrecent")
-QUEUE_STARTED = Gauge("vlq_queue_started_jobs", "Jobs running on workers", multiprocess_mode="mostrecent")
-QUEUE_OLDEST_AGE = Gauge("vlq_queue_oldest_age_seconds", "Age of the oldest queued job",
-                         multiprocess_mode="mostrecent")
+# Labelled by served model: each worker pool scales on its own model's queued + running jobs.
+QUEUE_DEPTH = Gauge("vlq_queue_depth", "Jobs waiting in a model's queues (interactive + batch)", ["model"],
+                    multiprocess_mode="mostrecent")
+QUEUE_STARTED = Gauge("vlq_queue_started_jobs", "Jobs of a model running on its workers", ["model"],
+                      multiprocess_mode="mostrecent")
+QUEUE_OLDEST_AGE = Gauge("vlq_queue_oldest_age_seconds", "Age of the oldest job in a model's interactive queue",
+                         ["model"], multiprocess_mode="mostrecent")
 
 
 def render() -> tuple[bytes, str]:

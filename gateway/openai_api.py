@@ -53,10 +53,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from gateway import models
 from gateway.backend import Backend
 from gateway.config import GatewaySettings
 from gateway.deps import BackendDep, TenantDep
-from gateway.errors import ApiError, BadRequestError, NotFoundError
+from gateway.errors import ApiError, BadRequestError
 from gateway.intake import Submission, read_json_object
 from gateway.openai_models import Reply, as_bad_request, finish_reason, read_body, to_submission
 from gateway.results import wait_for_end
@@ -111,22 +112,24 @@ _FAILURES: dict[str, _Status] = {
 }
 
 
-def _model_card(settings: GatewaySettings) -> dict[str, Any]:
-    return {"id": settings.model, "object": "model", "created": _SERVING_SINCE, "owned_by": "vlq"}
+def _model_card(settings: GatewaySettings, name: str) -> dict[str, Any]:
+    card = {"id": name, "object": "model", "created": _SERVING_SINCE, "owned_by": "vlq"}
+    target = models.resolve(settings, name)
+    # A LoRA adapter names the model it adapts, as vLLM's own server does.
+    return {**card, "parent": target.model} if target.adapter else card
 
 
 @router.get("/v1/models")
 async def list_models(backend: BackendDep, tenant: TenantDep) -> dict[str, Any]:
-    """The served model, as OpenAI's list of model objects."""
-    return {"object": "list", "data": [_model_card(backend.settings)]}
+    """The served models (and their LoRA adapters, ``<model>:<adapter>``), as OpenAI's list of models."""
+    return {"object": "list", "data": [_model_card(backend.settings, name) for name in models.names(backend.settings)]}
 
 
-@router.get("/v1/models/{model_id:path}", responses={404: {"description": "Not the served model"}})
+@router.get("/v1/models/{model_id:path}", responses={404: {"description": "Not a served model"}})
 async def get_model(backend: BackendDep, tenant: TenantDep, model_id: str) -> dict[str, Any]:
-    """One model object: the served model's; 404 ``model_not_found`` for any other id."""
-    if model_id != backend.settings.model:
-        raise NotFoundError("model_not_found", f"the model {model_id!r} does not exist", "model")
-    return _model_card(backend.settings)
+    """One model object; 404 ``model_not_found`` for an id no pool serves."""
+    models.resolve(backend.settings, model_id)
+    return _model_card(backend.settings, model_id)
 
 
 @router.post("/v1/chat/completions", openapi_extra=_CHAT_BODY,
@@ -155,7 +158,7 @@ async def chat_completions(request: Request, backend: BackendDep, tenant: Tenant
     request.state.log.update({"request": outcome.request_id, "x_cache": outcome.x_cache, "stream": bool(body.stream),
                               "user": body.user or body.safety_identifier, **submission.log_fields()})
     headers = {"X-Cache": outcome.x_cache, "X-Vlq-Request-Id": outcome.request_id}
-    reply = Reply(outcome.request_id, settings.model, created, body.include_usage)
+    reply = Reply(outcome.request_id, body.model, created, body.include_usage)
     if body.stream:
         items = await open_events(backend, outcome.request_id, tenant, 0)
         return StreamingResponse(_chunks(items, reply, _http_id(request)), media_type="text/event-stream",

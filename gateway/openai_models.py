@@ -16,8 +16,9 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway import models
 from gateway.config import GatewaySettings
-from gateway.errors import ApiError, BadRequestError, NotFoundError
+from gateway.errors import ApiError, BadRequestError
 from gateway.intake import InferParams, ResponseFormatIn, Submission, conversation_submission, param_name
 from gateway.messages import MessageIn
 from worker.contract import InferOutput, Priority
@@ -107,9 +108,7 @@ def read_body(raw: dict[str, Any], settings: GatewaySettings) -> ChatCompletionB
     if body.stream_options is not None and not body.stream:
         raise BadRequestError("invalid_parameter", "stream_options is only allowed with stream: true",
                               "stream_options")
-    if body.model != settings.model:
-        raise NotFoundError("model_not_found", f"the model {body.model!r} does not exist; this server serves "
-                            f"{settings.model!r}", "model")
+    models.resolve(settings, body.model)
     return body
 
 
@@ -126,6 +125,7 @@ def to_submission(body: ChatCompletionBody, settings: GatewaySettings) -> Submis
     tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     given = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "max_tokens": tokens}
     fields: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    fields["model"] = body.model
     if body.response_format is not None:
         fields["response_format"] = body.response_format
     if body.service_tier == "flex":

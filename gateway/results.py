@@ -23,7 +23,7 @@ from gateway.backend import Backend
 from gateway.errors import GoneError, NotFoundError
 from worker.completion import Ending, end_job, result_key
 from worker.constants import CANCEL_PREFIX
-from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState
+from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState, RequestRecord
 
 _QUEUED = {b"queued", b"scheduled", b"deferred", b"created"}
 
@@ -84,7 +84,7 @@ async def view(backend: Backend, request_id: str, tenant: str, with_standing: bo
     if raw is not None:
         result = JobResult.model_validate_json(raw)
         return View(request_id, result.state, result, x_cache=record.x_cache)
-    current = await _pending(backend, request_id, job_id, status, record.x_cache, with_standing)
+    current = await _pending(backend, request_id, job_id, status, record, with_standing)
     if current.state is JobState.QUEUED and time.time() > (record.deadline_at or float("inf")):
         # The worker that pops it will end it expired; the client need not wait for that.
         return _ended(request_id, JobState.EXPIRED, ErrorCode.DEADLINE_EXCEEDED,
@@ -138,7 +138,7 @@ async def cancel(backend: Backend, request_id: str, tenant: str) -> View:
 def _stop_job(backend: Backend, job_id: str) -> None:
     redis = backend.redis
     redis.set(CANCEL_PREFIX + job_id, 1, ex=backend.settings.request_ttl_s)
-    if not any(redis.lrem(queue.key, 1, job_id) for queue in backend.queues.values()):
+    if not any(redis.lrem(queue.key, 1, job_id) for queue in backend.all_queues):
         return  # already running: the worker sees the flag and aborts the generation
     job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     payload = InferJob.model_validate(job.kwargs.get("job"))
@@ -165,12 +165,13 @@ async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: f
     return current
 
 
-async def _pending(backend: Backend, request_id: str, job_id: str, status: bytes | None, x_cache: str,
+async def _pending(backend: Backend, request_id: str, job_id: str, status: bytes | None, record: RequestRecord,
                    with_standing: bool) -> View:
+    x_cache = record.x_cache
     if status is None:
         raise GoneError("result_expired", "the result of this request has expired", "request_id")
     if status in _QUEUED:
-        standing = await eta.for_job(backend, job_id) if with_standing else None
+        standing = await eta.for_job(backend, job_id, record.model) if with_standing else None
         return View(request_id, JobState.QUEUED, standing=standing, x_cache=x_cache, job_id=job_id)
     if status == b"started":
         return View(request_id, JobState.RUNNING, x_cache=x_cache, job_id=job_id)

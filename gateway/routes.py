@@ -92,7 +92,7 @@ async def _accepted(backend: Backend, outcome: Accepted, headers: dict[str, str]
     url = f"/api/result?request_id={outcome.request_id}"
     # A new job's position is exact as of its enqueue (a worker may have taken it since); an attached
     # request gets its job's position now.
-    standing = outcome.standing or await eta.for_job(backend, outcome.job_id)
+    standing = outcome.standing or await eta.for_job(backend, outcome.job_id, outcome.model)
     body: dict[str, Any] = {"request_id": outcome.request_id, "status": JobState.QUEUED.value, **standing.body(),
                             "result_url": url, "stream_url": f"/api/stream?request_id={outcome.request_id}",
                             "cached": False, "x_cache": outcome.x_cache}

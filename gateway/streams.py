@@ -113,7 +113,7 @@ async def _follow(backend: Backend, request_id: str, tenant: str, record: Reques
             yield ending
             return
         if queued:
-            standing = await eta.for_job(backend, job_id)
+            standing = await eta.for_job(backend, job_id, record.model)
             if standing.position is not None:
                 yield Item(None, StreamEvent.QUEUED.value, standing.body())
                 last_sent = time.monotonic()

@@ -31,7 +31,7 @@ from cache import near
 from cache.codec import as_bytes, as_text
 from cache.keys import cache_key, image_digest, near_bucket
 from cache.tiers import Hit
-from gateway import eta, media, metrics, records, webhooks
+from gateway import eta, media, metrics, models, records, webhooks
 from gateway.backend import Backend
 from gateway.errors import BadRequestError, TooManyRequestsError, UnavailableError
 from gateway.images import inspect, sniff
@@ -76,6 +76,8 @@ class Accepted:
     digests: list[str]
     # Where a new job stood when it was enqueued (None for one attached to a job already in flight).
     standing: eta.Standing | None = None
+    # The served model whose pool runs the job.
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class _Plan:
     images: list[_Image]
     submission: Submission
     idem_key: str | None
+    target: models.Target
     # False for Batch API lines: the batch driver meters them (batch_max_open_lines) instead of the
     # tenant's interactive in-flight quota, which a batch of thousands would otherwise fill.
     in_quota: bool = True
@@ -138,10 +141,9 @@ def idempotency_of(header: str | None, tenant: str) -> str | None:
 
 
 async def admit(backend: Backend, tenant: str) -> None:
-    """Admission before a body is read: the tenant's rate limit, and a live worker if one is required."""
+    """Admission before a body is read: the tenant's rate limit (a live worker is required in ``submit``,
+    once the body says which model)."""
     await check_rate(backend.aredis, tenant, backend.settings.rate_limit_per_minute)
-    if backend.settings.require_live_worker:
-        await backend.presence.require(backend.aredis)
 
 
 def new_request_id() -> str:
@@ -154,10 +156,13 @@ async def submit(backend: Backend, submission: Submission, tenant: str, idem_key
     """Answer from cache, attach to an identical job in flight, or enqueue a new job."""
     if idem_key is not None and (seen := await backend.aredis.get(idem_key)) is not None:
         return Replayed(request_id=as_text(seen))
+    target = models.resolve(backend.settings, submission.params.model)
+    if backend.settings.require_live_worker:
+        await backend.presence.require(backend.aredis, target.model)
     if submission.params.webhook_url is not None:
         await webhooks.check_target(backend.settings, submission.params.webhook_url, "webhook_url", tenant)
     images = await _images(backend, submission, tenant)
-    plan = _plan(backend, submission, tenant, images, idem_key, in_quota)
+    plan = _plan(backend, submission, tenant, images, idem_key, target, in_quota)
     mode = submission.params.cache
     if mode is not CacheMode.OFF and (hit := await backend.cache.lookup(plan.key)) is not None:
         return await _answer(backend, plan, hit)
@@ -168,7 +173,7 @@ async def submit(backend: Backend, submission: Submission, tenant: str, idem_key
         hit = await backend.cache.lookup_near(plan.bucket, phashes, backend.settings.near_max_distance)
         if hit is not None:
             return await _answer(backend, plan, hit)
-    depth, standing = await eta.for_new_job(backend, plan.priority)
+    depth, standing = await eta.for_new_job(backend, target.model, plan.priority)
     cap = (backend.settings.max_queue_depth if plan.priority is Priority.INTERACTIVE
            else backend.settings.max_batch_queue_depth)
     if depth >= cap:
@@ -201,20 +206,21 @@ async def _images(backend: Backend, submission: Submission, tenant: str) -> list
 
 
 def _plan(backend: Backend, submission: Submission, tenant: str, images: list[_Image],
-          idem_key: str | None, in_quota: bool = True) -> _Plan:
+          idem_key: str | None, target: models.Target | None = None, in_quota: bool = True) -> _Plan:
     settings = backend.settings
+    target = target or models.resolve(settings, submission.params.model)
     conversation = [{"role": message.role.value,
                      "content": [{"type": "image", "digest": images[part.image].digest}
                                  if isinstance(part, ImagePart) else {"type": "text", "text": part.text}
                                  for part in message.content]}
                     for message in submission.messages]
     common: dict[str, Any] = {
-        "scope": "shared" if settings.shared_cache else f"tenant:{tenant}", "model": settings.model,
+        "scope": "shared" if settings.shared_cache else f"tenant:{tenant}", "model": target.name,
         "conversation": conversation, "task": submission.task.value,
         "response_format": submission.response_format.model_dump(mode="json"),
         "sampling": submission.sampling.model_dump(mode="json")}
     return _Plan(request_id=new_request_id(), tenant=tenant, key=cache_key(**common), bucket=near_bucket(**common),
-                 images=images, submission=submission, idem_key=idem_key, in_quota=in_quota)
+                 images=images, submission=submission, idem_key=idem_key, target=target, in_quota=in_quota)
 
 
 def _inspect_inline(plan: _Plan, backend: Backend) -> None:
@@ -304,13 +310,14 @@ def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, coalesce: 
         _watch_end(pipe, backend, plan, existing)
         pipe.execute()
         metrics.COALESCED.inc()
-        return Accepted(request_id=plan.request_id, job_id=existing, x_cache="COALESCED", digests=plan.digests)
+        return Accepted(request_id=plan.request_id, job_id=existing, x_cache="COALESCED", digests=plan.digests,
+                        model=plan.target.model)
     if plan.in_quota:
         _check_quota(pipe, backend, plan.tenant)
     job_id = _enqueue(pipe, backend, plan, coalesce, phashes, standing)
     metrics.CACHE_MISSES.inc()
     return Accepted(request_id=plan.request_id, job_id=job_id, x_cache="MISS", digests=plan.digests,
-                    standing=standing)
+                    standing=standing, model=plan.target.model)
 
 
 def _check_quota(pipe: Pipeline, backend: Backend, tenant: str) -> None:
@@ -352,7 +359,7 @@ def _enqueue(pipe: Pipeline, backend: Backend, plan: _Plan, coalesce: bool, phas
         pipe.set(plan.idem_key, plan.request_id, ex=settings.request_ttl_s)
     if coalesce:
         pipe.set(INFLIGHT_PREFIX + plan.key, job_id, ex=settings.request_ttl_s)
-    backend.queues[plan.priority].enqueue_job(job, pipeline=pipe)
+    backend.queues_of(plan.target.model)[plan.priority].enqueue_job(job, pipeline=pipe)
     pipe.execute()
     return job_id
 
@@ -369,7 +376,8 @@ def _make_job(backend: Backend, plan: _Plan, job_id: str, phashes: list[str] | N
     params = plan.submission.params
     now = time.time()
     payload = InferJob(
-        v=CONTRACT_VERSION, model=settings.model, messages=plan.submission.messages,
+        v=CONTRACT_VERSION, model=plan.target.model, adapter=plan.target.adapter,
+        messages=plan.submission.messages,
         images=[image.ref for image in plan.images if image.ref is not None], sampling=plan.submission.sampling,
         task=plan.submission.task.value, response_format=plan.submission.response_format,
         cache_key=plan.key, cache_mode=params.cache,
@@ -378,7 +386,7 @@ def _make_job(backend: Backend, plan: _Plan, job_id: str, phashes: list[str] | N
         result_ttl_s=settings.result_ttl_s, cache_ttl_s=settings.l1_ttl_s, priority=params.priority)
     retry = Retry(max=settings.job_retries) if settings.job_retries else None
     # The description is what `rq info` and logs show: the key prefix, never the prompt.
-    return backend.queues[plan.priority].create_job(
+    return backend.queues_of(plan.target.model)[plan.priority].create_job(
         INFER_FUNC, kwargs={"job": payload.model_dump(mode="json", exclude_none=True)}, job_id=job_id,
         timeout=settings.job_timeout_s, result_ttl=settings.result_ttl_s, failure_ttl=settings.result_ttl_s,
         retry=retry, description=f"infer key={plan.key[:16]}")
@@ -388,5 +396,6 @@ def _record(pipe: Pipeline, backend: Backend, plan: _Plan, job_id: str, x_cache:
     params = plan.submission.params
     record = RequestRecord(tenant=plan.tenant, created_at=time.time(), job_id=job_id, x_cache=x_cache,
                            cache_key=plan.key, cache_mode=params.cache, near_bucket=plan.bucket,
+                           model=plan.target.model,
                            deadline_at=time.time() + params.deadline_s if params.deadline_s else None)
     records.write(pipe, plan.request_id, record, backend.settings.request_ttl_s)

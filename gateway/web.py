@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
+from gateway import models
 from gateway.deps import BackendDep
 from gateway.errors import NotFoundError
 from worker.presets import Task
@@ -76,7 +77,8 @@ async def static(path: str) -> FileResponse:
 
 @router.get("/api/info")
 async def info(request: Request, backend: BackendDep) -> dict[str, Any]:
-    """What a client needs before its first request: the model, whether an API key is required, the input
+    """What a client needs before its first request: the default model and every name a request may use,
+    whether an API key is required, the input
     limits (images per request, bytes per image, the largest ``max_tokens``, prompt length) and the tasks.
 
     Needs no API key, so a page can say that one is needed before it asks for one.
@@ -84,6 +86,7 @@ async def info(request: Request, backend: BackendDep) -> dict[str, Any]:
     settings = backend.settings
     return {
         "model": settings.model,
+        "models": models.names(settings),
         "auth_required": not request.app.state.keyring.open,
         "limits": {"max_images": settings.max_images, "max_image_bytes": settings.max_image_bytes,
                    "max_tokens_limit": settings.max_tokens_limit, "max_prompt_chars": settings.max_prompt_chars},

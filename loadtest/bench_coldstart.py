@@ -17,7 +17,7 @@ from redis import Redis
 from loadtest.images import solid_jpeg
 from loadtest.measure import Check, fmt, table
 from loadtest.stack import LocalStack
-from worker.constants import COLD_START_KEY
+from worker.capacity import cold_start_key
 
 
 def run() -> list[Check]:
@@ -35,7 +35,7 @@ def run() -> list[Check]:
             body = http.get(f"{accepted['result_url']}&wait=300").json()
             done = time.monotonic() - started
         redis = Redis.from_url(stack.redis_url)
-        measured = float(redis.get(COLD_START_KEY) or 0)
+        measured = float(redis.get(cold_start_key(stack.model)) or 0)
         redis.close()
     print("\n## Cold start: worker process start to the first job done (vLLM, tiny model)\n")
     print(table(["warming at submit", "process start -> /healthz", "worker's own cold start", "-> first job done",

@@ -21,8 +21,8 @@ from rq.job import Job, Retry
 from cache.keys import image_digest
 from worker.completion import result_key
 from worker.constants import EVENTS_CHANNEL, IMAGE_PREFIX, INFER_FUNC
-from worker.contract import CacheMode, ImageRef, InferJob, JobResult, JobState, SamplingParams
-from worker.rqjobs import open_queue
+from worker.contract import CacheMode, ImageRef, InferJob, JobResult, JobState, Priority, SamplingParams
+from worker.rqjobs import open_queues
 
 
 def command_counts(redis: Redis) -> dict[str, int]:
@@ -41,7 +41,7 @@ class QueueClient:
     def __init__(self, redis_url: str, model: str) -> None:
         self.redis = Redis.from_url(redis_url)
         self.aredis = AsyncRedis.from_url(redis_url)
-        self.queue = open_queue(self.redis)
+        self.queue = open_queues(self.redis, model)[Priority.INTERACTIVE]
         self.model = model
         self._waiting: dict[str, asyncio.Future[None]] = {}
         self._listener: asyncio.Task[None] | None = None

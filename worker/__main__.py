@@ -65,7 +65,7 @@ async def serve(settings: WorkerSettings, process_started: float | None = None) 
         started = time.monotonic()
         engine, health.gpu_memory = await build_engine(settings)
         log.info("engine %s ready in %.1f s", settings.engine, time.monotonic() - started)
-        await _record_cold_start(redis, time.time() - (process_started or time.time()))
+        await _record_cold_start(redis, settings.served_model_name, time.time() - (process_started or time.time()))
         try:
             died = await _run_jobs(settings, engine, redis, name, health)
         finally:
@@ -80,19 +80,19 @@ async def serve(settings: WorkerSettings, process_started: float | None = None) 
     log.info("worker %s stopped", name)
 
 
-async def _record_cold_start(redis: Redis, seconds: float) -> None:
+async def _record_cold_start(redis: Redis, model: str, seconds: float) -> None:
     # The gateway tells requests waiting for a worker (scale from zero) how long a start takes.
     try:
-        await asyncio.to_thread(capacity.record_cold_start, redis, seconds)
+        await asyncio.to_thread(capacity.record_cold_start, redis, model, seconds)
     except RedisError as exc:
         log.warning("could not record the cold start (%s)", type(exc).__name__)
 
 
-async def _register(redis: Redis, name: str) -> Worker:
+async def _register(redis: Redis, name: str, model: str) -> Worker:
     # Redis may come up after the worker (a pod restart order is not guaranteed): wait for it.
     while True:
         try:
-            rq_worker = Worker(list(open_queues(redis).values()), connection=redis, name=name,
+            rq_worker = Worker(list(open_queues(redis, model).values()), connection=redis, name=name,
                                serializer=JSONSerializer)
             await asyncio.to_thread(rq_worker.register_birth)
             return rq_worker
@@ -104,7 +104,7 @@ async def _register(redis: Redis, name: str) -> Worker:
 async def _run_jobs(settings: WorkerSettings, engine: Engine, redis: Redis, name: str,
                     health: metrics.Health) -> bool:
     """Run jobs until stopped; True if the engine died."""
-    rq_worker = await _register(redis, name)
+    rq_worker = await _register(redis, name, settings.served_model_name)
     runner = Runner(settings, engine, redis, name, rq_worker=rq_worker)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

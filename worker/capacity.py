@@ -1,6 +1,6 @@
 """What live workers can take on, published for the gateway's wait estimate (``gateway.eta``).
 
-Each worker keeps one field of ``CAPACITY_KEY`` current on its heartbeat: its in-flight slots, its
+Each worker keeps one field of its model's capacity hash current on its heartbeat: its in-flight slots, its
 recent per-job service time (an exponentially weighted mean of queue-exit-to-result seconds, 0 before its
 first job) and when the entry lapses. A worker that dies simply lapses; readers ignore lapsed entries.
 This module owns the key.
@@ -18,7 +18,7 @@ from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.client import Pipeline
 
 from cache.codec import as_text
-from worker.constants import CAPACITY_KEY, COLD_START_KEY
+from worker.constants import CAPACITY_PREFIX, COLD_START_PREFIX
 
 
 @dataclass(frozen=True)
@@ -41,20 +41,29 @@ class ServiceTime:
         self.mean = seconds if self.mean is None else self.mean + self.weight * (seconds - self.mean)
 
 
-def publish(redis: Redis, name: str, slots: int, service_s: float | None, ttl_s: float) -> None:
-    """Blocking: (re)announce this worker's capacity for the next ``ttl_s`` seconds."""
+def _key(model: str) -> str:
+    return CAPACITY_PREFIX + model
+
+
+def cold_start_key(model: str) -> str:
+    """Where a model's last measured cold start is kept."""
+    return COLD_START_PREFIX + model
+
+
+def publish(redis: Redis, model: str, name: str, slots: int, service_s: float | None, ttl_s: float) -> None:
+    """Blocking: (re)announce this worker's capacity for ``model`` for the next ``ttl_s`` seconds."""
     lapses = time.time() + ttl_s
-    redis.hset(CAPACITY_KEY, name, f"{slots}|{service_s or 0:.6f}|{lapses:.3f}")
+    redis.hset(_key(model), name, f"{slots}|{service_s or 0:.6f}|{lapses:.3f}")
 
 
-def record_cold_start(redis: Redis, seconds: float) -> None:
-    """Blocking: this worker took ``seconds`` from process start to ready."""
-    redis.set(COLD_START_KEY, f"{seconds:.3f}")
+def record_cold_start(redis: Redis, model: str, seconds: float) -> None:
+    """Blocking: this worker of ``model`` took ``seconds`` from process start to ready."""
+    redis.set(cold_start_key(model), f"{seconds:.3f}")
 
 
-def withdraw(redis: Redis, name: str) -> None:
+def withdraw(redis: Redis, model: str, name: str) -> None:
     """Blocking: this worker takes no more work."""
-    redis.hdel(CAPACITY_KEY, name)
+    redis.hdel(_key(model), name)
 
 
 def parse(entries: Mapping[Any, Any], now: float) -> Capacity:
@@ -83,10 +92,10 @@ def parse_cold_start(raw: object) -> float | None:
         return None
 
 
-def queue_reads(pipe: Pipeline | AsyncPipeline) -> None:
-    """Queue the reads that ``from_replies`` turns into (live capacity, last cold start)."""
-    pipe.hgetall(CAPACITY_KEY)
-    pipe.get(COLD_START_KEY)
+def queue_reads(pipe: Pipeline | AsyncPipeline, model: str) -> None:
+    """Queue the reads that ``from_replies`` turns into (``model``'s live capacity, its last cold start)."""
+    pipe.hgetall(_key(model))
+    pipe.get(cold_start_key(model))
 
 
 def from_replies(entries: Mapping[Any, Any], cold_start: object) -> tuple[Capacity, float | None]:
@@ -94,11 +103,11 @@ def from_replies(entries: Mapping[Any, Any], cold_start: object) -> tuple[Capaci
     return parse(entries, time.time()), parse_cold_start(cold_start)
 
 
-def forget_lapsed(redis: Redis) -> int:
-    """Blocking: drop entries of workers that stopped announcing (the janitor calls it)."""
+def forget_lapsed(redis: Redis, model: str) -> int:
+    """Blocking: drop entries of ``model``'s workers that stopped announcing (the janitor calls it)."""
     now = time.time()
-    entries = redis.hgetall(CAPACITY_KEY)
+    entries = redis.hgetall(_key(model))
     lapsed = [name for name, raw in entries.items() if parse({name: raw}, now).workers == 0]
     if lapsed:
-        redis.hdel(CAPACITY_KEY, *[as_text(name) for name in lapsed])
+        redis.hdel(_key(model), *[as_text(name) for name in lapsed])
     return len(lapsed)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where ``make model`` builds the tiny random-weight Qwen3-VL. Point VLQ_WORKER_MODEL (and VLQ_GATEWAY_MODEL)
 # at "Qwen/Qwen3-VL-2B-Instruct" or a local copy of it for real answers.
 DEFAULT_MODEL = ".cache/models/tiny-qwen3-vl"
+# LoRA ranks vLLM accepts (its max_lora_rank choices).
+_LORA_RANKS = frozenset({1, 8, 16, 32, 64, 128, 256, 320, 512})
 
 
 class WorkerSettings(BaseSettings):
@@ -65,9 +67,23 @@ class WorkerSettings(BaseSettings):
     structured_outputs_disable_whitespace: bool = True
     # Upper bound on image pixels handed to the vision encoder (the processor resizes to fit).
     max_image_pixels_for_model: int = Field(default=1280 * 28 * 28, ge=1024)
+    # LoRA adapters this pool serves (name -> local path or hub id); requests name them "<model>:<adapter>".
+    # Empty: LoRA is off. vLLM keeps up to max_loras of them on the GPU at once.
+    lora_adapters: dict[str, str] = Field(default_factory=dict)
+    max_loras: int = Field(default=4, ge=1, le=256)
+    # vLLM accepts only the ranks in _LORA_RANKS.
+    max_lora_rank: int = 16
     # vLLM's processed-image cache per process, GiB (0 turns it off). Its default of 4 grew until a 24 GiB
     # machine ran out of memory on a stream of distinct 1080p images; repeats are answered by vlq's cache.
     mm_processor_cache_gb: float = Field(default=0.5, ge=0)
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _lora_rank(cls, value: int) -> int:
+        # A field typed Literal[...] would refuse the environment's text "16"; an int checked here does not.
+        if value not in _LORA_RANKS:
+            raise ValueError(f"max_lora_rank must be one of {sorted(_LORA_RANKS)}")
+        return value
 
     @model_validator(mode="after")
     def _default_served_name(self) -> WorkerSettings:

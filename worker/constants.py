@@ -6,9 +6,11 @@ heavy: the gateway loads it.
 
 from typing import Final
 
-# RQ queue the gateway enqueues interactive inference jobs on (RQ stores it as ``rq:queue:<name>``).
+# RQ queues of interactive inference jobs, one per served model: ``<QUEUE_NAME>:<served model name>`` (RQ
+# stores it as ``rq:queue:<name>``; ``worker.rqjobs.queue_names`` spells them).
 QUEUE_NAME: Final = "vlq-infer"
-# RQ queue of batch-priority jobs (Batch API lines, ``priority=batch``); workers take it after QUEUE_NAME.
+# RQ queues of batch-priority jobs (Batch API lines, ``priority=batch``), ``<BATCH_QUEUE_NAME>:<model>``;
+# a model's workers take them after its interactive queue.
 BATCH_QUEUE_NAME: Final = "vlq-infer-batch"
 # RQ queue of webhook deliveries, run by ``python -m gateway.webhook_worker`` (RQ's Retry backs off).
 WEBHOOK_QUEUE_NAME: Final = "vlq-webhooks"
@@ -28,10 +30,12 @@ STREAM_PREFIX: Final = "vlq:stream:"
 MEDIA_PREFIX: Final = "vlq:media:"
 # Image digest -> set of media ids that hold it, so deleting the last one deletes the bytes.
 IMAGE_MEDIA_PREFIX: Final = "vlq:img-media:"
-# Live workers' capacity, for the ETA estimate: hash of worker name -> "<slots>|<service_s>|<lapses_at>".
-CAPACITY_KEY: Final = "vlq:capacity"
-# Seconds the most recent worker took from process start to ready (its cold start), for warming estimates.
-COLD_START_KEY: Final = "vlq:stats:cold-start-s"
+# Live workers' capacity per served model, for the ETA estimate (``<prefix><model>``): hash of worker name
+# -> "<slots>|<service_s>|<lapses_at>".
+CAPACITY_PREFIX: Final = "vlq:capacity:"
+# Seconds the most recent worker of a model took from process start to ready (``<prefix><model>``: its cold
+# start), for warming estimates.
+COLD_START_PREFIX: Final = "vlq:stats:cold-start-s:"
 # Result document of a finished job (JSON), written once by whoever ends the job.
 RESULT_PREFIX: Final = "vlq:result:"
 # Uploaded image bytes, stored once by content digest; jobs carry the digest, not the bytes.

@@ -178,6 +178,8 @@ class InferJob(Tolerant):
     prompt: str | None = None
     # Passed to the engine's scheduler (vLLM ``priority``); older jobs are interactive.
     priority: Priority = Priority.INTERACTIVE
+    # A LoRA adapter of ``model`` to answer with (the request named "<model>:<adapter>"); None: the base.
+    adapter: str | None = None
 
     @model_validator(mode="after")
     def _messages_from_prompt(self) -> InferJob:
@@ -252,6 +254,8 @@ class RequestRecord(Tolerant):
     near_bucket: str | None = None
     deadline_at: float | None = None
     result: JobResult | None = None
+    # The served model whose pool runs the job (older records: the gateway's default model).
+    model: str | None = None
 
 
 class StreamEvent(StrEnum):

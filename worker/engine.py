@@ -48,6 +48,8 @@ class EngineRequest:
     stream: bool = True
     # Scheduling priority inside the engine (vLLM: lower first); 0 for interactive work.
     priority: int = 0
+    # A LoRA adapter the worker serves (``WorkerSettings.lora_adapters``), or None for the base model.
+    adapter: str | None = None
 
     @classmethod
     def single(cls, request_id: str, prompt: str, images: list[bytes], sampling: SamplingParams,
@@ -144,8 +146,9 @@ class InstantEngine:
                     '"bbox":[100,200,500,400]}]}')
         if request.response_format.is_json:
             return '{"instant": true}'
+        adapter = f" adapter={request.adapter}" if request.adapter else ""
         return (f"instant-engine prompt={request.last_user_text[:32]!r} images={digests} "
-                f"turns={len(request.messages)}")
+                f"turns={len(request.messages)}{adapter}")
 
     async def abort(self, request_id: str) -> None:
         return None

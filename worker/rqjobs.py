@@ -27,8 +27,10 @@ from worker.constants import BATCH_QUEUE_NAME, QUEUE_NAME
 from worker.contract import Priority
 from worker.scripts import Scripts
 
-# The RQ queue of each priority.
-QUEUE_OF: dict[Priority, str] = {Priority.INTERACTIVE: QUEUE_NAME, Priority.BATCH: BATCH_QUEUE_NAME}
+
+def queue_names(model: str) -> dict[Priority, str]:
+    """The RQ queue of each priority for one served model (interactive first)."""
+    return {Priority.INTERACTIVE: f"{QUEUE_NAME}:{model}", Priority.BATCH: f"{BATCH_QUEUE_NAME}:{model}"}
 
 
 @dataclass
@@ -41,14 +43,14 @@ class Claimed:
     priority: Priority = Priority.INTERACTIVE
 
 
-def open_queue(redis: Redis, name: str = QUEUE_NAME) -> Queue:
+def open_queue(redis: Redis, name: str) -> Queue:
     """An inference queue, with JSON (never pickle) job payloads."""
     return Queue(name, connection=redis, serializer=JSONSerializer)
 
 
-def open_queues(redis: Redis) -> dict[Priority, Queue]:
-    """Every inference queue, by priority (interactive first)."""
-    return {priority: open_queue(redis, name) for priority, name in QUEUE_OF.items()}
+def open_queues(redis: Redis, model: str) -> dict[Priority, Queue]:
+    """A served model's inference queues, by priority (interactive first)."""
+    return {priority: open_queue(redis, name) for priority, name in queue_names(model).items()}
 
 
 def started_key(queue: Queue) -> str:

@@ -50,7 +50,8 @@ class Runner:
         self.engine = engine
         self.redis = redis
         self.name = name
-        self.queues = open_queues(redis)
+        self.model = settings.served_model_name
+        self.queues = open_queues(redis, self.model)
         self.scripts = Scripts(redis)
         self.rule = ClaimRule(settings.max_inflight, settings.interactive_reserve, settings.batch_every)
         # Interactive claims since the last batch one (the rule's no-starvation turn).
@@ -98,7 +99,7 @@ class Runner:
 
     def _withdraw(self) -> None:
         with contextlib.suppress(RedisError):  # else the entry lapses by itself
-            capacity.withdraw(self.redis, self.name)
+            capacity.withdraw(self.redis, self.model, self.name)
 
     async def _take_one(self) -> bool:
         if self._stop.is_set():
@@ -147,7 +148,7 @@ class Runner:
     def _beat(self) -> None:
         heartbeat(self.redis, list(self._inflight.values()), self.settings.heartbeat_ttl_s)
         if not self._stop.is_set():
-            capacity.publish(self.redis, self.name, self.settings.max_inflight, self.service.mean,
+            capacity.publish(self.redis, self.model, self.name, self.settings.max_inflight, self.service.mean,
                              self.settings.heartbeat_interval_s * 3)
 
     async def _abort_canceled(self) -> None:
@@ -199,6 +200,9 @@ class Runner:
         if payload.model != self.settings.served_model_name:
             return endings.failed(job_id, payload, ErrorCode.MODEL_MISMATCH,
                                   f"this worker serves {self.settings.served_model_name!r}", started)
+        if payload.adapter is not None and payload.adapter not in self.settings.lora_adapters:
+            return endings.failed(job_id, payload, ErrorCode.MODEL_MISMATCH,
+                                  f"this worker does not serve the adapter {payload.adapter!r}", started)
         if payload.deadline_at is not None and started > payload.deadline_at:
             return endings.ended(job_id, payload, JobState.EXPIRED, ErrorCode.DEADLINE_EXCEEDED,
                                  "the request's deadline passed before a worker could start it", started)
@@ -221,7 +225,8 @@ class Runner:
         job_id = claimed.job.id
         request = EngineRequest(request_id=claimed.execution.composite_key, messages=payload.messages,
                                 images=images, sampling=payload.sampling, response_format=payload.response_format,
-                                stream=self.settings.stream_deltas, priority=_ENGINE_PRIORITY[payload.priority])
+                                stream=self.settings.stream_deltas, priority=_ENGINE_PRIORITY[payload.priority],
+                                adapter=payload.adapter)
         metrics.JOBS_INFLIGHT.inc()
         peak = len(self._inflight)
         engine_start = time.time()

@@ -134,6 +134,15 @@ class VllmEngine:
             # and it prints "TypeError: 'NoneType' object is not callable". Once is enough.
             self._llm.shutdown = _noop
 
+    def _lora(self, adapter: str | None) -> Any:
+        """vLLM's LoRARequest for a served adapter; its int id is its place in the settings (stable per pool)."""
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        names = list(self._settings.lora_adapters)
+        return LoRARequest(adapter, names.index(adapter) + 1, self._settings.lora_adapters[adapter])
+
     def _check_request(self, request: EngineRequest) -> None:
         if self._closed:
             raise EngineError(ErrorCode.ENGINE_ERROR, "The engine is shut down.")
@@ -178,6 +187,7 @@ class VllmEngine:
         parts: list[str] = []
         try:
             async for output in self._llm.generate(engine_input, _vllm_sampling(request), request.request_id,
+                                                   lora_request=self._lora(request.adapter),
                                                    priority=request.priority if self._priorities else 0):
                 prompt_tokens = len(output.prompt_token_ids or ()) or prompt_tokens
                 if not output.outputs:
@@ -350,6 +360,9 @@ def engine_args(settings: WorkerSettings) -> Any:
         enforce_eager=settings.enforce_eager,
         # Batch-priority jobs yield to interactive ones in the scheduler (vLLM refuses priorities under fcfs).
         scheduling_policy=settings.scheduling_policy,
+        enable_lora=bool(settings.lora_adapters),
+        max_loras=settings.max_loras,
+        max_lora_rank=cast(Any, settings.max_lora_rank),  # checked against vLLM's choices in WorkerSettings
         seed=settings.seed,
         trust_remote_code=settings.trust_remote_code,
     )

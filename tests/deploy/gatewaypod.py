@@ -7,7 +7,7 @@ import base64
 from pathlib import Path, PurePosixPath
 
 from gateway.config import GatewaySettings
-from tests.deploy.objects import Obj, container, container_env, find, pod_spec
+from tests.deploy.objects import Obj, container, container_env, find, pod_spec, settings_from_env
 
 PREFIX = "VLQ_GATEWAY_"
 
@@ -41,5 +41,4 @@ def gateway_settings(docs: list[Obj], root: Path) -> GatewaySettings:
     keys_file = env.get(PREFIX + "API_KEYS_FILE")
     if keys_file in files:
         env[PREFIX + "API_KEYS_FILE"] = str(files[keys_file])
-    return GatewaySettings.model_validate({k[len(PREFIX):].lower(): v for k, v in env.items()
-                                           if k.startswith(PREFIX)})
+    return settings_from_env(GatewaySettings, {k: v for k, v in env.items() if k.startswith(PREFIX)})

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Any
+from typing import Any, TypeVar
+from unittest import mock
+
+from pydantic_settings import BaseSettings
 
 Obj = dict[str, Any]
+S = TypeVar("S", bound=BaseSettings)
+
+# The objects of the one worker pool a release has while workerPools is empty: <fullname>-worker-default.
+WORKER = "-worker-default"
+
+
+def component(name_suffix: str) -> str:
+    """The container of a workload found by ``name_suffix``: "-worker-default" -> "worker"."""
+    return name_suffix.strip("-").split("-")[0]
 
 
 def find(docs: list[Obj], kind: str, name_suffix: str = "") -> Obj:
@@ -64,3 +77,10 @@ def container_env(docs: list[Obj], workload: Obj, name: str) -> dict[str, str]:
             env[entry["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
                                         lambda m: env.get(m.group(1), m.group(0)), entry["value"])
     return env
+
+
+def settings_from_env(settings: type[S], env: dict[str, str]) -> S:
+    """``settings`` read from exactly ``env`` as the service reads its process environment (JSON lists and
+    objects such as VLQ_GATEWAY_MODELS decoded the same way), nothing else of this process's leaking in."""
+    with mock.patch.dict(os.environ, env, clear=True):
+        return settings()

@@ -6,9 +6,13 @@ say nothing about ``auth`` are given one tenant's key hash (``with_keys``); thos
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import yaml
+
 from gateway.auth import hash_key
+from tests.deploy.helmtool import CHART
 
 # A key the tests know in full; the chart only ever sees its hash.
 TEST_KEY = "vlq_deploy-test-key"
@@ -44,6 +48,28 @@ MONITORING: dict[str, Any] = {
     },
 }
 
+# helm/vlq/examples/two-pools.yaml: pool "ocr" (2B, scale to zero, a LoRA adapter) and pool "hard" (4B), KEDA.
+TWO_POOLS_FILE = CHART / "examples" / "two-pools.yaml"
+TWO_POOLS: dict[str, Any] = yaml.safe_load(TWO_POOLS_FILE.read_text())
+
+
+def two_pools(**changes: Any) -> dict[str, Any]:
+    """The two-pool example with top-level keys replaced (``autoscaling=...``) and, under ``ocr=`` / ``hard=``,
+    keys of that pool replaced (``None`` deletes one)."""
+    values = copy.deepcopy(TWO_POOLS)
+    for key, value in changes.items():
+        if key in {"ocr", "hard"}:
+            (pool,) = [p for p in values["workerPools"] if p["name"] == key]
+            for pool_key, pool_value in value.items():
+                if pool_value is None:
+                    pool.pop(pool_key, None)
+                else:
+                    pool[pool_key] = pool_value
+        else:
+            values[key] = value
+    return values
+
+
 _SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "auth-existing-secret": {"auth": {"existingSecret": "vlq-api-keys", "existingSecretKey": "tenants.json"}},
@@ -59,6 +85,10 @@ _SCENARIOS: dict[str, dict[str, Any]] = {
     "external-redis-password": {"redis": {"enabled": False},
                                 "externalRedis": {"host": "redis.example.internal", "password": "s3cret"}},
     "monitoring": MONITORING,
+    "two-pools": TWO_POOLS,
+    "two-pools-hpa": two_pools(autoscaling={"mode": "hpa"}, ocr={"autoscaling": {"minReplicas": 1, "maxReplicas": 3}}),
+    # ocr on KEDA's redis trigger (both of its model's lists), hard on the prometheus one.
+    "two-pools-keda-redis": two_pools(ocr={"autoscaling": {"scaleToZero": True, "keda": {"trigger": "redis"}}}),
     "host-path-cache": {"worker": {"modelCache": {"type": "hostPath"}}},
     "ephemeral": {
         "worker": {"modelCache": {"type": "emptyDir"}, "hfToken": {"existingSecret": "hf"},

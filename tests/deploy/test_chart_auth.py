@@ -23,7 +23,7 @@ from gateway.deps import get_tenant
 from tests.deploy import helmtool
 from tests.deploy.conftest import Notes, Render
 from tests.deploy.gatewaypod import gateway_settings
-from tests.deploy.objects import Obj, container, find, find_all, pod_spec
+from tests.deploy.objects import WORKER, Obj, container, find, find_all, pod_spec
 from tests.deploy.scenarios import SCENARIOS
 
 KEYS = {"acme": ["vlq_acme-one", "vlq_acme-two"], "beta": ["vlq_beta-only"]}
@@ -151,7 +151,7 @@ def test_a_new_key_rolls_the_gateway_pods_only(render: Render) -> None:
     old, new = pod_annotations(before, "-gateway"), pod_annotations(rotated, "-gateway")
     assert new["checksum/api-keys"] != old["checksum/api-keys"]
     assert new["checksum/config"] == old["checksum/config"]
-    assert pod_annotations(rotated, "-worker") == pod_annotations(before, "-worker")
+    assert pod_annotations(rotated, WORKER) == pod_annotations(before, WORKER)
     # An existing Secret is checksummed by name and key (and by content where helm can read it, on install).
     existing = pod_annotations(render(SCENARIOS["auth-existing-secret"]), "-gateway")["checksum/api-keys"]
     other = pod_annotations(render({"auth": {"existingSecret": "other"}}), "-gateway")["checksum/api-keys"]

@@ -12,9 +12,12 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import Render
-from tests.deploy.objects import find, kinds
+from tests.deploy.objects import WORKER, find, kinds
 from tests.deploy.scenarios import EXTERNAL_REDIS, SCENARIOS
 from worker.constants import BATCH_QUEUE_NAME, QUEUE_NAME
+
+# The model of the one pool a release has by default (model.name in values.yaml).
+DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 
 AUTOSCALER_KINDS = {"ScaledObject", "TriggerAuthentication", "HorizontalPodAutoscaler"}
 
@@ -42,26 +45,26 @@ def test_target_is_derived_from_max_inflight(render: Render, max_inflight: int, 
 
 def test_none_mode_has_fixed_replicas_and_no_autoscaler(render: Render) -> None:
     docs = render({"worker": {"replicaCount": 3}})
-    assert find(docs, "Deployment", "-worker")["spec"]["replicas"] == 3
+    assert find(docs, "Deployment", WORKER)["spec"]["replicas"] == 3
     assert not AUTOSCALER_KINDS & kinds(docs)
 
 
 @pytest.mark.parametrize("scenario", ["keda-prometheus", "keda-redis", "keda-scale-to-zero", "hpa"])
 def test_autoscaled_deployment_leaves_replicas_to_the_autoscaler(render: Render, scenario: str) -> None:
     docs = render(SCENARIOS[scenario])
-    assert "replicas" not in find(docs, "Deployment", "-worker")["spec"]
+    assert "replicas" not in find(docs, "Deployment", WORKER)["spec"]
 
 
 def test_keda_prometheus_trigger_counts_queued_and_started_jobs(render: Render) -> None:
     docs = render(keda(minReplicas=2, maxReplicas=9, prometheus={"serverAddress": "http://prom.mon:9090"}))
     spec = find(docs, "ScaledObject")["spec"]
-    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vlq-worker"}
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vlq-worker-default"}
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 9)
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "prometheus"
     meta = trigger["metadata"]
     assert meta["serverAddress"] == "http://prom.mon:9090"
-    selector = 'namespace="vlq",service="vlq-gateway"'
+    selector = f'namespace="vlq",service="vlq-gateway",model="{DEFAULT_MODEL}"'
     assert meta["query"] == f"max(vlq_queue_depth{{{selector}}}) + max(vlq_queue_started_jobs{{{selector}}})"
     assert meta["activationThreshold"] == "0"
     assert "TriggerAuthentication" not in kinds(docs)
@@ -71,15 +74,16 @@ def test_keda_prometheus_matchers_can_be_overridden(render: Render) -> None:
     docs = render(keda(prometheus={"labelMatchers": 'kubernetes_namespace="ml",app="vlq"'}))
     (trigger,) = find(docs, "ScaledObject")["spec"]["triggers"]
     assert trigger["metadata"]["query"] == (
-        'max(vlq_queue_depth{kubernetes_namespace="ml",app="vlq"}) + '
-        'max(vlq_queue_started_jobs{kubernetes_namespace="ml",app="vlq"})')
+        f'max(vlq_queue_depth{{kubernetes_namespace="ml",app="vlq",model="{DEFAULT_MODEL}"}}) + '
+        f'max(vlq_queue_started_jobs{{kubernetes_namespace="ml",app="vlq",model="{DEFAULT_MODEL}"}})')
 
 
 def test_keda_redis_trigger_reads_rqs_queue_lists(render: Render) -> None:
     docs = render(SCENARIOS["keda-redis"])
     triggers = find(docs, "ScaledObject")["spec"]["triggers"]
-    # One trigger per priority queue: batch work alone wakes and scales the pool too.
-    assert [t["metadata"]["listName"] for t in triggers] == [f"rq:queue:{QUEUE_NAME}", f"rq:queue:{BATCH_QUEUE_NAME}"]
+    # One trigger per priority queue of the pool's model: batch work alone wakes and scales the pool too.
+    assert [t["metadata"]["listName"] for t in triggers] == [f"rq:queue:{QUEUE_NAME}:{DEFAULT_MODEL}",
+                                                             f"rq:queue:{BATCH_QUEUE_NAME}:{DEFAULT_MODEL}"]
     trigger = triggers[0]
     meta = trigger["metadata"]
     assert trigger["type"] == "redis"
@@ -125,11 +129,12 @@ def test_scale_down_is_stabilized_in_both_modes(render: Render) -> None:
 def test_hpa_scales_on_the_external_queue_metric(render: Render) -> None:
     docs = render(SCENARIOS["hpa"])
     spec = find(docs, "HorizontalPodAutoscaler")["spec"]
-    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vlq-worker"}
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vlq-worker-default"}
     assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 6)
     (metric,) = spec["metrics"]
     assert metric["type"] == "External"
-    assert metric["external"]["metric"] == {"name": "vlq_queue_jobs",
+    # One metric per pool (a model name is no valid label value), selected for this release's gateway.
+    assert metric["external"]["metric"] == {"name": "vlq_queue_jobs_default",
                                             "selector": {"matchLabels": {"service": "vlq-gateway"}}}
 
 
@@ -138,10 +143,12 @@ def test_prometheus_adapter_rule_serves_the_hpa_metric(render: Render) -> None:
     (metric,) = find(docs, "HorizontalPodAutoscaler")["spec"]["metrics"]
     rules = yaml.safe_load(find(docs, "ConfigMap", "-prometheus-adapter-rules")["data"]["external-rules.yaml"])
     (rule,) = rules["externalRules"]
-    assert rule["name"]["as"] == metric["external"]["metric"]["name"] == "vlq_jobs_held"
+    assert rule["name"]["as"] == metric["external"]["metric"]["name"] == "vlq_jobs_held_default"
     assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
-    assert "vlq_queue_depth{<<.LabelMatchers>>}" in rule["metricsQuery"]
-    assert "vlq_queue_started_jobs{<<.LabelMatchers>>}" in rule["metricsQuery"]
+    model = f'model="{DEFAULT_MODEL}"'
+    assert f"vlq_queue_depth{{<<.LabelMatchers>>,{model}}}" in rule["metricsQuery"]
+    assert f"vlq_queue_started_jobs{{<<.LabelMatchers>>,{model}}}" in rule["metricsQuery"]
+    assert model in rule["seriesQuery"]
     # The HPA's selector label must exist on the series the rule discovers.
     for label in metric["external"]["metric"]["selector"]["matchLabels"]:
         assert f'{label}!=""' in rule["seriesQuery"]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import Render
-from tests.deploy.objects import find, find_all, kinds, matches
+from tests.deploy.objects import WORKER, find, find_all, kinds, matches
 from tests.deploy.scenarios import MONITORING
 
 # The metric families the gateway and the worker export (histograms as their family name).
@@ -45,9 +45,18 @@ def assert_promql_sane(expr: str) -> None:
         assert re.sub(r"_bucket$", "", name) in HISTOGRAMS, name
 
 
-def alerts(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    (group,) = find(docs, "PrometheusRule")["spec"]["groups"]
-    return {r["alert"]: r for r in group["rules"]}
+def groups(docs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Alert rules by group name, then by alert name."""
+    return {g["name"]: {r["alert"]: r for r in g["rules"] or []}
+            for g in find(docs, "PrometheusRule")["spec"]["groups"]}
+
+
+def alerts(docs: list[dict[str, Any]], pool: str = "default") -> dict[str, dict[str, Any]]:
+    """The gateway's alerts and those of one worker pool."""
+    by_group = groups(docs)
+    gateway = next(rules for name, rules in by_group.items() if name.endswith(".rules") and ".worker-" not in name)
+    (pool_rules,) = [rules for name, rules in by_group.items() if name.endswith(f".worker-{pool}.rules")]
+    return {**gateway, **pool_rules}
 
 
 def test_monitoring_objects_are_off_unless_asked_for(render: Render) -> None:
@@ -71,7 +80,7 @@ def test_service_monitors_scrape_gateway_and_worker_metrics_ports(render: Render
         assert len(services) == 1, monitor["metadata"]["name"]
         assert endpoint["port"] in {p["name"] for p in services[0]["spec"]["ports"]}
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["vlq"]}
-    worker_service = find(docs, "Service", "-worker")
+    worker_service = find(docs, "Service", WORKER)
     assert worker_service["spec"]["clusterIP"] == "None"
 
 
@@ -112,7 +121,10 @@ def test_alert_thresholds_come_from_values(render: Render) -> None:
 def test_alerts_select_this_release(render: Render) -> None:
     rules = alerts(render(MONITORING, namespace="ml-prod"))
     assert 'namespace="ml-prod",service="vlq-gateway"' in rules["VlqHigh5xxRate"]["expr"]
-    assert 'namespace="ml-prod",service="vlq-worker"' in rules["VlqGpuMemoryHigh"]["expr"]
+    assert 'namespace="ml-prod",service="vlq-worker-default"' in rules["VlqGpuMemoryHigh"]["expr"]
+    model = 'model="Qwen/Qwen3-VL-2B-Instruct"'
+    assert f'namespace="ml-prod",service="vlq-gateway",{model}' in rules["VlqQueueBackingUp"]["expr"]
+    assert f'namespace="ml-prod",service="vlq-gateway",{model}' in rules["VlqNoWorkers"]["expr"]
 
 
 def dashboard(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -144,7 +156,7 @@ def test_dashboard_charts_every_metric_and_only_known_ones(render: Render) -> No
         seen |= metric_names(expr)
     assert seen == KNOWN, f"not charted: {KNOWN - seen}"
     variables = {v["name"] for v in board["templating"]["list"]}
-    assert {"datasource", "namespace", "gateway", "worker"} <= variables
+    assert {"datasource", "namespace", "gateway", "worker", "model"} <= variables
     for panel in panels:
         assert panel["datasource"]["uid"] == "${datasource}"
         grid = panel["gridPos"]

@@ -21,7 +21,7 @@ import yaml
 
 from tests.deploy import helmtool
 from tests.deploy.conftest import Render
-from tests.deploy.objects import find
+from tests.deploy.objects import WORKER, find
 from tests.deploy.scenarios import SCENARIOS
 
 CRD_SCHEMA_DIR = Path(__file__).parent / "crd_schemas"
@@ -106,7 +106,7 @@ def test_long_release_names_still_give_valid_object_names(render: Render) -> Non
 def test_the_validators_reject_a_misspelt_field(render: Render) -> None:
     """The checks above can fail: a typo'd field is caught both for built-in kinds and for CRDs."""
     docs = render({"autoscaling": {"mode": "keda"}})
-    deployment = copy.deepcopy(find(docs, "Deployment", "-worker"))
+    deployment = copy.deepcopy(find(docs, "Deployment", WORKER))
     deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 600
     with pytest.raises(kubernetes_validate.ValidationError, match="terminationGracePeriod"):
         validate_object(deployment, KUBE_VERSIONS[-1])

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings
 from gateway.config import GatewaySettings
 from tests.deploy.conftest import Render
 from tests.deploy.objects import (
+    WORKER,
+    component,
     container,
     env_list,
     env_values,
@@ -26,6 +28,7 @@ from tests.deploy.objects import (
     kinds,
     matches,
     pod_spec,
+    settings_from_env,
 )
 from tests.deploy.scenarios import EXTERNAL_REDIS, INGRESS, SCENARIOS
 from worker.config import WorkerSettings
@@ -48,12 +51,12 @@ def all_env_names(docs: list[dict[str, Any]], workload_suffix: str, name: str) -
 
 @pytest.mark.parametrize(
     ("workload", "prefix", "settings"),
-    [("-gateway", "VLQ_GATEWAY_", GatewaySettings), ("-worker", "VLQ_WORKER_", WorkerSettings)],
+    [("-gateway", "VLQ_GATEWAY_", GatewaySettings), (WORKER, "VLQ_WORKER_", WorkerSettings)],
 )
 def test_every_vlq_variable_is_a_setting_of_its_service(
     render: Render, workload: str, prefix: str, settings: type[BaseSettings]
 ) -> None:
-    names = all_env_names(render(SCENARIOS["everything"]), workload, workload.strip("-"))
+    names = all_env_names(render(SCENARIOS["everything"]), workload, component(workload))
     ours = {n for n in names if n.startswith("VLQ_")}
     assert ours, names
     unknown = {n for n in ours if not n.startswith(prefix) or n[len(prefix):].lower() not in settings.model_fields}
@@ -63,14 +66,14 @@ def test_every_vlq_variable_is_a_setting_of_its_service(
 def test_gateway_and_workers_name_the_same_model(render: Render) -> None:
     docs = render({"model": {"name": "Qwen/Qwen3-VL-8B-Instruct"}})
     assert configmap_env(docs, "-gateway")["VLQ_GATEWAY_MODEL"] == "Qwen/Qwen3-VL-8B-Instruct"
-    assert configmap_env(docs, "-worker")["VLQ_WORKER_MODEL"] == "Qwen/Qwen3-VL-8B-Instruct"
-    assert configmap_env(render({}), "-worker")["VLQ_WORKER_MODEL"] == "Qwen/Qwen3-VL-2B-Instruct"
+    assert configmap_env(docs, WORKER)["VLQ_WORKER_MODEL"] == "Qwen/Qwen3-VL-8B-Instruct"
+    assert configmap_env(render({}), WORKER)["VLQ_WORKER_MODEL"] == "Qwen/Qwen3-VL-2B-Instruct"
 
 
 def test_vllm_settings_come_from_values(render: Render) -> None:
     engine = {"dtype": "bfloat16", "maxModelLen": 32768, "enableChunkedPrefill": False,
               "maxNumBatchedTokens": 4096, "maxNumSeqs": 64, "gpuMemoryUtilization": 0.75}
-    env = configmap_env(render({"worker": {"engine": engine, "maxInflight": 48}}), "-worker")
+    env = configmap_env(render({"worker": {"engine": engine, "maxInflight": 48}}), WORKER)
     assert env["VLQ_WORKER_DTYPE"] == "bfloat16"
     assert env["VLQ_WORKER_MAX_MODEL_LEN"] == "32768"
     assert env["VLQ_WORKER_ENABLE_CHUNKED_PREFILL"] == "false"
@@ -78,8 +81,7 @@ def test_vllm_settings_come_from_values(render: Render) -> None:
     assert env["VLQ_WORKER_MAX_NUM_SEQS"] == "64"
     assert env["VLQ_WORKER_GPU_MEMORY_UTILIZATION"] == "0.75"
     assert env["VLQ_WORKER_MAX_INFLIGHT"] == "48"
-    parsed = WorkerSettings.model_validate({k[len("VLQ_WORKER_"):].lower(): v for k, v in env.items()
-                                            if k.startswith("VLQ_WORKER_")})
+    parsed = settings_from_env(WorkerSettings, {k: v for k, v in env.items() if k.startswith("VLQ_WORKER_")})
     assert parsed.max_model_len == 32768 and parsed.enable_chunked_prefill is False
 
 
@@ -89,7 +91,7 @@ def test_large_numbers_render_as_plain_integers(render: Render) -> None:
     assert env["VLQ_GATEWAY_MAX_IMAGE_BYTES"] == "52428800"
     assert env["VLQ_GATEWAY_L2_MAX_BYTES"] == "4294967296"
     assert env["VLQ_GATEWAY_MAX_BODY_BYTES"] == "268435456"
-    GatewaySettings.model_validate({k[len("VLQ_GATEWAY_"):].lower(): v for k, v in env.items()})
+    settings_from_env(GatewaySettings, env)
 
 
 # ---- gateway ----------------------------------------------------------------------------------------------
@@ -163,17 +165,17 @@ def test_every_service_selects_pods_of_a_workload(render: Render) -> None:
 @pytest.mark.parametrize("timeout", [600, 1800])
 def test_worker_scale_down_drains_instead_of_killing(render: Render, timeout: int) -> None:
     docs = render({"jobTimeoutSeconds": timeout})
-    spec = pod_spec(find(docs, "Deployment", "-worker"))
+    spec = pod_spec(find(docs, "Deployment", WORKER))
     assert spec["terminationGracePeriodSeconds"] >= timeout + 30
-    assert configmap_env(docs, "-worker")["VLQ_WORKER_DRAIN_TIMEOUT_S"] == str(timeout)
+    assert configmap_env(docs, WORKER)["VLQ_WORKER_DRAIN_TIMEOUT_S"] == str(timeout)
     assert configmap_env(docs, "-gateway")["VLQ_GATEWAY_JOB_TIMEOUT_S"] == str(timeout)
     # No preStop hook or shell wrapper in the way of SIGTERM: the image's exec-form entrypoint runs as is.
-    worker = container(find(docs, "Deployment", "-worker"), "worker")
+    worker = container(find(docs, "Deployment", WORKER), "worker")
     assert "command" not in worker and "lifecycle" not in worker
 
 
 def test_worker_startup_probe_allows_a_long_model_load(render: Render) -> None:
-    worker = container(find(render({}), "Deployment", "-worker"), "worker")
+    worker = container(find(render({}), "Deployment", WORKER), "worker")
     startup = worker["startupProbe"]
     assert startup["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60
@@ -183,19 +185,19 @@ def test_worker_startup_probe_allows_a_long_model_load(render: Render) -> None:
 
 def test_worker_requests_gpus_and_lands_on_gpu_nodes(render: Render) -> None:
     values = SCENARIOS["everything"]
-    deployment = find(render(values), "Deployment", "-worker")
+    deployment = find(render(values), "Deployment", WORKER)
     spec = pod_spec(deployment)
     assert container(deployment, "worker")["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["nodeSelector"] == values["worker"]["nodeSelector"]
     assert spec["affinity"] == values["worker"]["affinity"]
     assert spec["runtimeClassName"] == "nvidia"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-    two = find(render({"worker": {"gpu": {"count": 2}}}), "Deployment", "-worker")
+    two = find(render({"worker": {"gpu": {"count": 2}}}), "Deployment", WORKER)
     assert container(two, "worker")["resources"]["limits"]["nvidia.com/gpu"] == 2
 
 
 def test_worker_shm_is_a_memory_emptydir(render: Render) -> None:
-    deployment = find(render({"worker": {"shm": {"sizeLimit": "16Gi"}}}), "Deployment", "-worker")
+    deployment = find(render({"worker": {"shm": {"sizeLimit": "16Gi"}}}), "Deployment", WORKER)
     mounts = {m["mountPath"]: m["name"] for m in container(deployment, "worker")["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
@@ -212,12 +214,12 @@ def test_worker_shm_is_a_memory_emptydir(render: Render) -> None:
 )
 def test_model_cache_volume_by_value(render: Render, cache: dict[str, Any], expect: dict[str, Any]) -> None:
     docs = render({"worker": {"modelCache": cache}})
-    deployment = find(docs, "Deployment", "-worker")
+    deployment = find(docs, "Deployment", WORKER)
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     assert {k: v for k, v in volumes["model-cache"].items() if k != "name"} == expect
     created = [p["metadata"]["name"] for p in find_all(docs, "PersistentVolumeClaim")]
     assert created == (["vlq-worker-models"] if cache == {} else [])
-    env = configmap_env(docs, "-worker")
+    env = configmap_env(docs, WORKER)
     assert env["HF_HOME"].startswith("/models/") and env["VLLM_CACHE_ROOT"].startswith("/models/")
 
 
@@ -228,26 +230,26 @@ def test_worker_pvc_outlives_uninstall(render: Render) -> None:
 
 
 def test_hf_token_and_extra_env(render: Render) -> None:
-    deployment = find(render(SCENARIOS["ephemeral"]), "Deployment", "-worker")
+    deployment = find(render(SCENARIOS["ephemeral"]), "Deployment", WORKER)
     env = {e["name"]: e for e in env_list(deployment, "worker")}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
     assert env["HF_HUB_OFFLINE"]["value"] == "1"
-    assert "HF_TOKEN" not in {e["name"] for e in env_list(find(render({}), "Deployment", "-worker"), "worker")}
+    assert "HF_TOKEN" not in {e["name"] for e in env_list(find(render({}), "Deployment", WORKER), "worker")}
 
 
 def test_worker_name_is_the_pod_name(render: Render) -> None:
-    env = {e["name"]: e for e in env_list(find(render({}), "Deployment", "-worker"), "worker")}
+    env = {e["name"]: e for e in env_list(find(render({}), "Deployment", WORKER), "worker")}
     assert env["VLQ_WORKER_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
-@pytest.mark.parametrize("workload", ["-gateway", "-worker", "-webhooks"])
+@pytest.mark.parametrize("workload", ["-gateway", WORKER, "-webhooks"])
 def test_pods_run_non_root_without_a_service_account_token(render: Render, workload: str) -> None:
     deployment = find(render({}), "Deployment", workload)
     spec = pod_spec(deployment)
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] != 0
     assert spec["automountServiceAccountToken"] is False
-    ctx = container(deployment, workload.strip("-"))["securityContext"]
+    ctx = container(deployment, component(workload))["securityContext"]
     assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"]["drop"] == ["ALL"]
 
 
@@ -261,17 +263,17 @@ def checksums(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 def test_config_changes_roll_exactly_the_pods_that_read_it(render: Render) -> None:
     base = checksums(render({}))
-    assert set(base) == {"vlq-gateway", "vlq-worker", "vlq-redis", "vlq-webhooks"}
+    assert set(base) == {"vlq-gateway", "vlq-worker-default", "vlq-redis", "vlq-webhooks"}
     gateway_change = checksums(render({"gateway": {"config": {"maxPromptChars": 8000}}}))
     assert gateway_change["vlq-gateway"] != base["vlq-gateway"]
     # The webhook worker reads the gateway's settings too.
     assert gateway_change["vlq-webhooks"] != base["vlq-webhooks"]
-    assert gateway_change["vlq-worker"] == base["vlq-worker"]
+    assert gateway_change["vlq-worker-default"] == base["vlq-worker-default"]
     worker_change = checksums(render({"worker": {"engine": {"maxModelLen": 4096}}}))
-    assert worker_change["vlq-worker"] != base["vlq-worker"]
+    assert worker_change["vlq-worker-default"] != base["vlq-worker-default"]
     assert worker_change["vlq-gateway"] == base["vlq-gateway"]
     both = checksums(render({"model": {"name": "Qwen/Qwen3-VL-4B-Instruct"}}))
-    assert both["vlq-gateway"] != base["vlq-gateway"] and both["vlq-worker"] != base["vlq-worker"]
+    assert both["vlq-gateway"] != base["vlq-gateway"] and both["vlq-worker-default"] != base["vlq-worker-default"]
     redis_change = checksums(render({"redis": {"maxmemory": "2gb"}}))
     assert redis_change["vlq-redis"] != base["vlq-redis"]
 
@@ -322,11 +324,11 @@ def test_generated_password_is_long_and_random(render: Render) -> None:
     assert [s["metadata"]["name"] for s in secrets] == ["vlq-gateway-api-keys"]
 
 
-@pytest.mark.parametrize("workload", ["-gateway", "-worker"])
+@pytest.mark.parametrize("workload", ["-gateway", WORKER])
 def test_services_build_the_redis_url_from_the_secret(render: Render, workload: str) -> None:
-    component = workload.strip("-")
-    url_var = f"VLQ_{component.upper()}_REDIS_URL"
-    env = env_list(find(render({}), "Deployment", workload), component)
+    name = component(workload)
+    url_var = f"VLQ_{name.upper()}_REDIS_URL"
+    env = env_list(find(render({}), "Deployment", workload), name)
     names = [e["name"] for e in env]
     # $(REDIS_PASSWORD) is substituted only from variables defined earlier in the list.
     assert names.index("REDIS_PASSWORD") < names.index(url_var)
@@ -340,12 +342,12 @@ def test_external_redis_replaces_the_statefulset(render: Render) -> None:
     assert not {"StatefulSet", "NetworkPolicy"} & kinds(docs)
     assert [s["metadata"]["name"] for s in find_all(docs, "Secret")] == ["vlq-gateway-api-keys"]
     assert not [s for s in find_all(docs, "Service") if "redis" in s["metadata"]["name"]]
-    for workload in ("-gateway", "-worker"):
-        component = workload.strip("-")
+    for workload in ("-gateway", WORKER):
+        name = component(workload)
         deployment = find(docs, "Deployment", workload)
-        assert env_values(deployment, component)[f"VLQ_{component.upper()}_REDIS_URL"] == (
+        assert env_values(deployment, name)[f"VLQ_{name.upper()}_REDIS_URL"] == (
             "rediss://:$(REDIS_PASSWORD)@redis.example.internal:6380/2")
-        password = {e["name"]: e for e in env_list(deployment, component)}["REDIS_PASSWORD"]
+        password = {e["name"]: e for e in env_list(deployment, name)}["REDIS_PASSWORD"]
         assert password["valueFrom"]["secretKeyRef"] == {"name": "shared-redis", "key": "password"}
 
 
@@ -367,7 +369,7 @@ def test_only_gateway_and_workers_reach_redis(render: Render) -> None:
     assert policy["policyTypes"] == ["Ingress"]
     (rule,) = policy["ingress"]
     allowed = [peer["podSelector"]["matchLabels"] for peer in rule["from"]]
-    for workload in ("-gateway", "-worker", "-webhooks"):
+    for workload in ("-gateway", WORKER, "-webhooks"):
         labels = find(docs, "Deployment", workload)["spec"]["template"]["metadata"]["labels"]
         assert sum(matches(sel, labels) for sel in allowed) == 1
     test_pod = find(docs, "Pod", "-test-gateway")

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from tests.deploy import helmtool
-from tests.deploy.objects import find, kinds, pod_spec
+from tests.deploy.objects import WORKER, find, kinds, pod_spec
 from tests.deploy.test_chart_validate import KUBE_VERSIONS, validate_object
 
 
@@ -52,7 +52,7 @@ def test_core_manifest_needs_no_crd_and_carries_no_password() -> None:
     env = pod_spec(find(docs, "StatefulSet", "-redis"))["containers"][0]["env"]
     assert env[0]["valueFrom"]["secretKeyRef"]["name"] == "vlq-redis"
     # Left to the autoscaler in autoscaling-*.yaml; 1 by default without one.
-    assert "replicas" not in find(docs, "Deployment", "-worker")["spec"]
+    assert "replicas" not in find(docs, "Deployment", WORKER)["spec"]
 
 
 def test_core_manifest_reads_api_keys_from_an_existing_secret() -> None:

@@ -21,10 +21,15 @@ from gateway.config import GatewaySettings
 from tests.conftest import free_port
 from worker.config import WorkerSettings
 from worker.constants import JANITOR_LOCK
+from worker.contract import Priority
 from worker.engine import Engine, InstantEngine
+from worker.rqjobs import queue_names
 from worker.runner import Runner
 
 MODEL = "test-model"
+# The RQ queues of MODEL's pool.
+INTERACTIVE_QUEUE = queue_names(MODEL)[Priority.INTERACTIVE]
+BATCH_QUEUE = queue_names(MODEL)[Priority.BATCH]
 
 
 @pytest.fixture

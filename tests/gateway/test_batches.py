@@ -4,6 +4,7 @@ mid-batch (real uvicorn servers, real Redis, the instant engine)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -16,9 +17,11 @@ import pytest
 from redis import Redis
 from rq.registry import FinishedJobRegistry
 
+from gateway import batches
 from gateway.auth import hash_key
-from tests.gateway.conftest import MODEL, ServerFactory, ThreadWorker, sdk
-from worker.constants import BATCH_QUEUE_NAME, QUEUE_NAME
+from gateway.backend import connect
+from tests.gateway.conftest import BATCH_QUEUE, INTERACTIVE_QUEUE, MODEL, ServerFactory, ThreadWorker, sdk
+from worker.contract import BatchRecord
 from worker.engine import InstantEngine
 
 pytestmark = pytest.mark.timeout(90)
@@ -92,8 +95,8 @@ def test_a_batch_runs_its_lines_at_batch_priority_and_writes_openai_files(
     assert errors["f"]["error"]["code"] == "invalid_method"
     assert errors[None]["error"]["code"] == "missing_custom_id"
     # Every line ran on the batch queue, none on the interactive one.
-    assert FinishedJobRegistry(BATCH_QUEUE_NAME, connection=redis_client).count == 2
-    assert FinishedJobRegistry(QUEUE_NAME, connection=redis_client).count == 0
+    assert FinishedJobRegistry(BATCH_QUEUE, connection=redis_client).count == 2
+    assert FinishedJobRegistry(INTERACTIVE_QUEUE, connection=redis_client).count == 0
     assert [b.id for b in client.batches.list()] == [batch.id]
 
 
@@ -103,18 +106,18 @@ def test_a_gateway_restart_mid_batch_loses_nothing_and_repeats_nothing(
     first = sdk(server_factory(**FAST, batch_max_open_lines=3))
     batch = start(first, upload(first, jsonl(*(line(f"q{n}", f"question {n}") for n in range(6)))))
     deadline = time.monotonic() + 10
-    while redis_client.llen(f"rq:queue:{BATCH_QUEUE_NAME}") < 3:
+    while redis_client.llen(f"rq:queue:{BATCH_QUEUE}") < 3:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(0.3)
-    assert redis_client.llen(f"rq:queue:{BATCH_QUEUE_NAME}") == 3
+    assert redis_client.llen(f"rq:queue:{BATCH_QUEUE}") == 3
     # A second gateway (the first one's driver keeps its lock-free turns too) and a worker finish the batch.
     second = sdk(server_factory(**FAST, batch_max_open_lines=3))
     worker_factory()
     done = wait_status(second, batch.id, {"completed"})
     assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
     assert set(file_lines(second, done.output_file_id)) == {f"q{n}" for n in range(6)}
-    assert FinishedJobRegistry(BATCH_QUEUE_NAME, connection=redis_client).count == 6
+    assert FinishedJobRegistry(BATCH_QUEUE, connection=redis_client).count == 6
 
 
 def test_cancel_stops_open_and_unsubmitted_lines(server_factory: ServerFactory, redis_client: Redis) -> None:
@@ -130,7 +133,7 @@ def test_cancel_stops_open_and_unsubmitted_lines(server_factory: ServerFactory, 
     codes = {row["error"]["code"] if row["error"] else row["response"]["body"]["error"]["code"]
              for row in errors.values()}
     assert codes <= {"batch_cancelled", "canceled"} and "batch_cancelled" in codes
-    assert redis_client.llen(f"rq:queue:{BATCH_QUEUE_NAME}") == 0
+    assert redis_client.llen(f"rq:queue:{BATCH_QUEUE}") == 0
 
 
 def test_a_file_unusable_as_a_whole_fails_the_batch(server_factory: ServerFactory) -> None:
@@ -180,7 +183,7 @@ def test_an_interactive_request_overtakes_a_queued_batch(
     client = sdk(base)
     batch = start(client, upload(client, jsonl(*(line(f"b{n}", f"batch line {n}") for n in range(24)))))
     deadline = time.monotonic() + 10
-    while redis_client.llen(f"rq:queue:{BATCH_QUEUE_NAME}") < 24:
+    while redis_client.llen(f"rq:queue:{BATCH_QUEUE}") < 24:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     # Two slots, one kept for interactive work; each job takes 0.2 s: the batch alone needs about 4.8 s.
@@ -191,5 +194,28 @@ def test_an_interactive_request_overtakes_a_queued_batch(
     waited = time.monotonic() - started
     assert answer.choices[0].message.content.startswith("instant-engine")
     assert waited < 1.0, f"the interactive request waited {waited:.2f} s behind the batch"
-    assert redis_client.llen(f"rq:queue:{BATCH_QUEUE_NAME}") > 5  # the batch was still queued
+    assert redis_client.llen(f"rq:queue:{BATCH_QUEUE}") > 5  # the batch was still queued
     wait_status(client, batch.id, {"completed"})
+
+
+def test_a_driver_write_after_a_cancel_keeps_the_cancel(settings_factory: Callable[..., Any]) -> None:
+    """The driver may hold a record read before the client's cancel; its write must not undo the cancel."""
+    async def go() -> batches.Batch:
+        backend = connect(settings_factory())
+        try:
+            now = time.time()
+            record = BatchRecord(tenant="public", input_file_id="file-x", endpoint=batches.ENDPOINT,
+                                 completion_window="24h", created_at=now, expires_at=now + 100, status="in_progress")
+            stale = batches.Batch("batch_" + "a" * 22, record)
+            await batches.update(backend, stale)
+            await batches.cancel(backend, "public", stale.batch_id)
+            return await batches.update(backend, stale, status="in_progress", submitted=3)
+        finally:
+            await backend.aredis.aclose()
+            await backend.stream_redis.aclose()
+            backend.redis.close()
+            backend.l2.close()
+
+    after = asyncio.run(go())
+    assert (after.record.status, after.record.submitted) == ("cancelling", 3)
+    assert after.record.cancelling_at is not None

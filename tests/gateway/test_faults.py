@@ -14,9 +14,8 @@ from redis import Redis
 from rq.registry import StartedJobRegistry
 
 from tests.conftest import ProcessGroup, RedisProcess, free_port
-from tests.gateway.conftest import MODEL, ThreadWorker
+from tests.gateway.conftest import INTERACTIVE_QUEUE, MODEL, ThreadWorker
 from tests.gateway.test_request_path import post
-from worker.constants import QUEUE_NAME
 from worker.contract import ErrorCode
 from worker.engine import EngineError, EngineRequest, InstantEngine
 
@@ -47,7 +46,7 @@ def submit_distinct(client: TestClient, image_factory: Callable[..., bytes], cou
 
 
 def started_count(redis_client: Redis) -> int:
-    return StartedJobRegistry(QUEUE_NAME, connection=redis_client).get_job_count(cleanup=False)
+    return StartedJobRegistry(INTERACTIVE_QUEUE, connection=redis_client).get_job_count(cleanup=False)
 
 
 def test_sigkilled_workers_jobs_finish_on_a_restarted_worker(

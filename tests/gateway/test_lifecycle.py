@@ -17,13 +17,13 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from tests.conftest import parse_sse
-from tests.gateway.conftest import MODEL, ThreadWorker, job_of
+from tests.gateway.conftest import INTERACTIVE_QUEUE, MODEL, ThreadWorker, job_of
 from tests.gateway.test_hostile_input import data_url
-from worker.constants import ENGINE_CALLS, INFER_FUNC, QUEUE_NAME, REQUEST_PREFIX
+from worker.constants import ENGINE_CALLS, INFER_FUNC, REQUEST_PREFIX
 from worker.contract import CONTRACT_VERSION, RequestRecord
 from worker.engine import InstantEngine
 
-QUEUE_KEY = f"rq:queue:{QUEUE_NAME}"
+QUEUE_KEY = f"rq:queue:{INTERACTIVE_QUEUE}"
 
 
 def upload(client: TestClient, data: bytes, key: str | None = None) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def test_eta_is_within_30_percent_of_the_measured_wait(
 def test_worker_refuses_a_newer_contract_and_reads_an_older_one(
         client: TestClient, worker_factory: Callable[..., ThreadWorker], image_factory: Callable[..., bytes],
         redis_client: Redis) -> None:
-    queue = Queue(QUEUE_NAME, connection=redis_client, serializer=JSONSerializer)
+    queue = Queue(INTERACTIVE_QUEUE, connection=redis_client, serializer=JSONSerializer)
     base = {"model": MODEL, "images": [], "sampling": {}, "cache_key": "k" * 64, "cache_mode": "off",
             "tenant": "public", "enqueued_at": time.time(), "result_ttl_s": 60, "cache_ttl_s": 60}
     newer = queue.enqueue(INFER_FUNC, kwargs={"job": {**base, "v": CONTRACT_VERSION + 1, "holo": {"x": 1}}})
@@ -305,7 +305,7 @@ def test_warming_says_how_long_a_cold_start_takes(
     assert "deadline of 30 s will likely pass" in prior["warning"]
     from worker.capacity import record_cold_start
 
-    record_cold_start(redis_client, 12.34)  # what a worker does once it is ready
+    record_cold_start(redis_client, MODEL, 12.34)  # what a worker does once it is ready
     measured = ask(client, [user(image, "wait too")], deadline_s=60).json()
     assert measured["cold_start_s"] == 12.3 and "warning" not in measured
     worker_factory()

@@ -24,13 +24,13 @@ from gateway.auth import hash_key
 from gateway.openai_api import _chunks, _Transcript
 from gateway.openai_models import Reply
 from gateway.streams import KEEPALIVE, Item
-from tests.gateway.conftest import MODEL, ServerFactory, ThreadWorker, sdk
-from worker.constants import ENGINE_CALLS, QUEUE_NAME
+from tests.gateway.conftest import INTERACTIVE_QUEUE, MODEL, ServerFactory, ThreadWorker, sdk
+from worker.constants import ENGINE_CALLS
 from worker.contract import ErrorCode
 from worker.engine import EngineError, EngineRequest, InstantEngine
 
 pytestmark = pytest.mark.timeout(60)
-QUEUE_KEY = f"rq:queue:{QUEUE_NAME}"
+QUEUE_KEY = f"rq:queue:{INTERACTIVE_QUEUE}"
 @pytest.fixture
 def base(server_factory: ServerFactory) -> str:
     return server_factory()

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from tests.gateway.conftest import ThreadWorker, job_of
-from worker.constants import ENGINE_CALLS, QUEUE_NAME
+from tests.gateway.conftest import INTERACTIVE_QUEUE, ThreadWorker, job_of
+from worker.constants import ENGINE_CALLS
 
 
 def post(client: TestClient, images: list[bytes], prompt: str = "What is this?", **fields: str):
@@ -51,10 +51,10 @@ def test_rq_registries_show_finished_job(client: TestClient, worker_factory: Cal
     worker_factory()
     accepted = post(client, [image_factory((1, 2, 3))]).json()
     assert client.get(accepted["result_url"] + "&wait=10").json()["status"] == "done"
-    queue = Queue(QUEUE_NAME, connection=redis_client)
+    queue = Queue(INTERACTIVE_QUEUE, connection=redis_client)
     assert len(queue) == 0
-    assert StartedJobRegistry(QUEUE_NAME, connection=redis_client).count == 0
-    assert FinishedJobRegistry(QUEUE_NAME, connection=redis_client).count == 1
+    assert StartedJobRegistry(INTERACTIVE_QUEUE, connection=redis_client).count == 0
+    assert FinishedJobRegistry(INTERACTIVE_QUEUE, connection=redis_client).count == 1
 
 
 def test_unknown_request_is_404_and_malformed_is_400(client: TestClient) -> None:

@@ -39,7 +39,7 @@ def test_batch_never_takes_the_reserved_slots() -> None:
 
 
 def test_claim_takes_the_first_non_empty_queue_in_order(redis_client: Redis) -> None:
-    queues = open_queues(redis_client)
+    queues = open_queues(redis_client, "m")
     scripts = Scripts(redis_client)
     queues[B].enqueue(INFER_FUNC, job={}, job_id="batch-1")
     queues[INT].enqueue(INFER_FUNC, job={}, job_id="inter-1")
@@ -56,7 +56,7 @@ def test_claim_takes_the_first_non_empty_queue_in_order(redis_client: Redis) -> 
 
 
 def test_a_deleted_job_is_skipped(redis_client: Redis) -> None:
-    queues = open_queues(redis_client)
+    queues = open_queues(redis_client, "m")
     gone = queues[INT].enqueue(INFER_FUNC, job={}, job_id="gone")
     queues[INT].enqueue(INFER_FUNC, job={}, job_id="kept")
     redis_client.delete(gone.key)
@@ -69,7 +69,7 @@ def test_an_idle_claim_wakes_for_interactive_work_even_when_batch_is_tried_first
     import threading
     import time
 
-    queues = open_queues(redis_client)
+    queues = open_queues(redis_client, "m")
     threading.Timer(0.2, lambda: queues[INT].enqueue(INFER_FUNC, job={}, job_id="late")).start()
     started = time.monotonic()
     claimed = claim_next([(B, queues[B]), (INT, queues[INT])], Scripts(redis_client), "w", heartbeat_ttl_s=30,

@@ -79,12 +79,13 @@ def test_end_job_writes_result_and_rq_records_together(redis_client: Redis) -> N
     from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
     from worker.completion import end_job
-    from worker.constants import INFER_FUNC, QUEUE_NAME
+    from worker.constants import INFER_FUNC
     from worker.contract import Priority
     from worker.rqjobs import claim_next, open_queue
     from worker.scripts import Scripts
 
-    queue = open_queue(redis_client)
+    QUEUE_NAME = "vlq-infer:some-model"
+    queue = open_queue(redis_client, QUEUE_NAME)
     job = payload()
     queue.enqueue(INFER_FUNC, job=job.model_dump(mode="json"), job_id="job-9")
     claimed = claim_next([(Priority.INTERACTIVE, queue)], Scripts(redis_client), "w1", heartbeat_ttl_s=30,

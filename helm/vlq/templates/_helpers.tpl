@@ -106,8 +106,15 @@ read the file only at start. An existing Secret changed with kubectl alone needs
 {{- end }}
 {{- end }}
 
+{{/* "true" when some worker pool scales to zero (keda with its autoscaling.scaleToZero). */}}
 {{- define "vlq.autoscaling.scalesToZero" -}}
-{{- if and (eq .Values.autoscaling.mode "keda") .Values.autoscaling.scaleToZero }}true{{ end }}
+{{- range $p := include "vlq.workerPools" . | fromJsonArray }}
+{{- if include "vlq.pool.scalesToZero" (dict "ctx" $ "pool" $p) }}true{{ break }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{- define "vlq.pool.scalesToZero" -}}
+{{- if and (eq .ctx.Values.autoscaling.mode "keda") .pool.autoscaling.scaleToZero }}true{{ end }}
 {{- end }}
 
 {{/* Bytes of an nginx size ("50m", "512k", "1g", "1048576"; k/m/g are powers of 1024). */}}
@@ -126,9 +133,152 @@ read the file only at start. An existing Secret changed with kubectl alone needs
 {{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
 {{- end }}
 
-{{/* RQ keeps each queue as the list rq:queue:<name>: QUEUE_NAME and BATCH_QUEUE_NAME (worker/constants.py). */}}
-{{- define "vlq.queueList" -}}rq:queue:vlq-infer{{- end }}
-{{- define "vlq.batchQueueList" -}}rq:queue:vlq-infer-batch{{- end }}
+{{/*
+RQ keeps each queue as the list rq:queue:<name>; every served model has its own pair,
+<QUEUE_NAME>:<model> and <BATCH_QUEUE_NAME>:<model> (worker/constants.py). Call with a pool.
+*/}}
+{{- define "vlq.queueList" -}}rq:queue:vlq-infer:{{ .servedModelName }}{{- end }}
+{{- define "vlq.batchQueueList" -}}rq:queue:vlq-infer-batch:{{ .servedModelName }}{{- end }}
+
+{{/* ---- Worker pools ----------------------------------------------------------------------------------- */}}
+
+{{/*
+Deep merge for pool values: (dict "base" $b "over" $o) -> JSON. Maps merge key by key; anything else in
+"over" wins as it is, false, 0, "", [] and an empty map {} included (sprig's mergeOverwrite would keep the
+base's value for those, so a pool could not turn off or empty what worker sets).
+*/}}
+{{- define "vlq.deepMerge" -}}
+{{- $out := deepCopy (default (dict) .base) }}
+{{- range $k, $v := (default (dict) .over) }}
+{{- $b := index $out $k }}
+{{- if and (kindIs "map" $v) (kindIs "map" $b) $v }}
+{{- $_ := set $out $k (include "vlq.deepMerge" (dict "base" $b "over" $v) | fromJson) }}
+{{- else }}
+{{- $_ := set $out $k $v }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* The autoscaling keys a pool may override; mode, prometheus and hpa stay release-wide. */}}
+{{- define "vlq.pool.autoscalingKeys" -}}minReplicas maxReplicas scaleToZero targetUtilization behavior keda{{- end }}
+
+{{/*
+The worker pools as a JSON list, each pool being `worker` deep-merged with the pool's own keys, plus:
+name, model, servedModelName (default: model), fullname (<fullname>-worker-<name>), autoscaling (the
+release's autoscaling with the pool's overrides), alerts (monitoring.prometheusRule.alerts with the pool's
+overrides) and given (the pool as written, for error messages). An empty workerPools is one pool "default"
+serving model.name, which is today's single-model chart.
+*/}}
+{{- define "vlq.workerPools" -}}
+{{- $given := .Values.workerPools }}
+{{- if not $given }}
+{{- $given = list (dict "name" "default" "model" .Values.model.name) }}
+{{- end }}
+{{- $autoscaling := dict }}
+{{- range $k := splitList " " (include "vlq.pool.autoscalingKeys" .) }}
+{{- $_ := set $autoscaling $k (index $.Values.autoscaling $k) }}
+{{- end }}
+{{- $alerts := .Values.monitoring.prometheusRule.alerts }}
+{{- $pools := list }}
+{{- range $raw := $given }}
+{{- $over := omit $raw "name" "model" "servedModelName" "autoscaling" "alerts" }}
+{{- $p := include "vlq.deepMerge" (dict "base" $.Values.worker "over" $over) | fromJson }}
+{{- $_ := set $p "name" $raw.name }}
+{{- $_ := set $p "model" $raw.model }}
+{{- $_ := set $p "servedModelName" (default $raw.model $raw.servedModelName) }}
+{{- $_ := set $p "fullname" (printf "%s-%s" (include "vlq.worker.fullname" $) $raw.name) }}
+{{- $_ := set $p "autoscaling" (include "vlq.deepMerge" (dict "base" $autoscaling "over" $raw.autoscaling) | fromJson) }}
+{{- $_ := set $p "alerts" (include "vlq.deepMerge" (dict "base" (pick $alerts "gpuMemory" "queueBacklog" "noWorkers") "over" $raw.alerts) | fromJson) }}
+{{- $_ := set $p "given" (ternary $raw (dict) (gt (len $.Values.workerPools) 0)) }}
+{{- $pools = append $pools $p }}
+{{- end }}
+{{- toJson $pools }}
+{{- end }}
+
+{{/* The served model names of all pools, in pool order (JSON list). */}}
+{{- define "vlq.servedModels" -}}
+{{- $names := list }}
+{{- range $p := include "vlq.workerPools" . | fromJsonArray }}
+{{- $names = append $names $p.servedModelName }}
+{{- end }}
+{{- toJson $names }}
+{{- end }}
+
+{{/* VLQ_GATEWAY_MODEL: gateway.defaultModel, else the first pool's served name. */}}
+{{- define "vlq.defaultModel" -}}
+{{- .Values.gateway.defaultModel | default (first (include "vlq.servedModels" . | fromJsonArray)) }}
+{{- end }}
+
+{{/* VLQ_GATEWAY_ADAPTERS: served name -> sorted adapter names, for the pools that serve adapters. */}}
+{{- define "vlq.servedAdapters" -}}
+{{- $out := dict }}
+{{- range $p := include "vlq.workerPools" . | fromJsonArray }}
+{{- with $p.lora.adapters }}
+{{- $_ := set $out $p.servedModelName (keys . | sortAlpha) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+The value a pool's setting comes from, for messages: workerPools[<name>].<path> when the pool sets it, else
+<global> (worker.<path>, autoscaling.<key>, ...). Call with (dict "pool" $p "path" "engine.maxNumSeqs" "global" "worker.engine.maxNumSeqs").
+*/}}
+{{- define "vlq.pool.valuePath" -}}
+{{- $node := .pool.given }}
+{{- $found := true }}
+{{- range $k := splitList "." .path }}
+{{- if and $found (kindIs "map" $node) (hasKey $node $k) }}
+{{- $node = index $node $k }}
+{{- else }}
+{{- $found = false }}
+{{- end }}
+{{- end }}
+{{- if $found }}workerPools[{{ .pool.name }}].{{ .path }}{{ else }}{{ .global }}{{ end }}
+{{- end }}
+
+{{/* Labels of a pool's objects; call with (dict "ctx" $ "pool" $p). */}}
+{{- define "vlq.worker.selectorLabels" -}}
+{{ include "vlq.componentSelectorLabels" (dict "ctx" .ctx "component" "worker") }}
+vlq/worker-pool: {{ .pool.name }}
+{{- end }}
+
+{{- define "vlq.worker.labels" -}}
+{{ include "vlq.componentLabels" (dict "ctx" .ctx "component" "worker") }}
+vlq/worker-pool: {{ .pool.name }}
+{{- end }}
+
+{{/* The data of a pool's ConfigMap, also hashed into its pods' checksum/config; call with (dict "ctx" $ "pool" $p). */}}
+{{- define "vlq.worker.configData" -}}
+{{- $p := .pool }}
+{{- $e := $p.engine -}}
+VLQ_WORKER_ENGINE: "vllm"
+# Weights, and the name clients use: jobs are queued per served name (rq:queue:vlq-infer:<name>).
+VLQ_WORKER_MODEL: {{ $p.model | quote }}
+VLQ_WORKER_SERVED_MODEL_NAME: {{ $p.servedModelName | quote }}
+VLQ_WORKER_DTYPE: {{ $e.dtype | quote }}
+VLQ_WORKER_MAX_MODEL_LEN: {{ $e.maxModelLen | int64 | quote }}
+VLQ_WORKER_ENABLE_CHUNKED_PREFILL: {{ $e.enableChunkedPrefill | quote }}
+VLQ_WORKER_MAX_NUM_BATCHED_TOKENS: {{ $e.maxNumBatchedTokens | int64 | quote }}
+VLQ_WORKER_MAX_NUM_SEQS: {{ $e.maxNumSeqs | int64 | quote }}
+VLQ_WORKER_GPU_MEMORY_UTILIZATION: {{ $e.gpuMemoryUtilization | quote }}
+VLQ_WORKER_LIMIT_MM_IMAGES: {{ $e.limitMmImages | int64 | quote }}
+VLQ_WORKER_ENFORCE_EAGER: {{ $e.enforceEager | quote }}
+VLQ_WORKER_TRUST_REMOTE_CODE: {{ $e.trustRemoteCode | quote }}
+# LoRA adapters (name -> path or hub id); {} turns LoRA off. Requests name them "<served name>:<adapter>".
+VLQ_WORKER_LORA_ADAPTERS: {{ toJson (default (dict) $p.lora.adapters) | quote }}
+VLQ_WORKER_MAX_LORAS: {{ $p.lora.maxLoras | int64 | quote }}
+VLQ_WORKER_MAX_LORA_RANK: {{ $p.lora.maxLoraRank | int64 | quote }}
+VLQ_WORKER_MAX_INFLIGHT: {{ $p.maxInflight | int64 | quote }}
+VLQ_WORKER_HEARTBEAT_TTL_S: {{ $p.heartbeatTtlSeconds | int64 | quote }}
+# Drain for as long as a job may run; the pod's grace period adds terminationGraceMarginSeconds.
+VLQ_WORKER_DRAIN_TIMEOUT_S: {{ .ctx.Values.jobTimeoutSeconds | int64 | quote }}
+VLQ_WORKER_METRICS_PORT: {{ include "vlq.worker.metricsPort" .ctx | quote }}
+# Weights, and vLLM's compile cache, live on the model cache volume so that a restart skips both.
+HF_HOME: {{ printf "%s/huggingface" $p.modelCache.mountPath | quote }}
+VLLM_CACHE_ROOT: {{ printf "%s/vllm" $p.modelCache.mountPath | quote }}
+{{- end }}
 
 {{/* ---- Redis connection ------------------------------------------------------------------------------ */}}
 
@@ -208,14 +358,21 @@ Call with (dict "ctx" $ "urlVar" "VLQ_GATEWAY_REDIS_URL").
 
 {{/* ---- Autoscaling ------------------------------------------------------------------------------------ */}}
 
-{{/* Jobs (queued + started) one worker is meant to hold: ceil(maxInflight x targetUtilization), at least 1. */}}
+{{/* Jobs (queued + started) one worker of a pool is meant to hold: ceil(maxInflight x targetUtilization), at
+least 1. Call with a pool. */}}
 {{- define "vlq.autoscaling.targetJobsPerWorker" -}}
-{{- $target := mulf (float64 .Values.worker.maxInflight) (float64 .Values.autoscaling.targetUtilization) | ceil | int }}
+{{- $target := mulf (float64 .maxInflight) (float64 .autoscaling.targetUtilization) | ceil | int }}
 {{- max 1 $target }}
 {{- end }}
 
+{{/* Call with (dict "ctx" $ "pool" $p). */}}
 {{- define "vlq.autoscaling.minReplicas" -}}
-{{- if include "vlq.autoscaling.scalesToZero" . }}0{{ else }}{{ .Values.autoscaling.minReplicas }}{{ end }}
+{{- if include "vlq.pool.scalesToZero" . }}0{{ else }}{{ .pool.autoscaling.minReplicas }}{{ end }}
+{{- end }}
+
+{{/* The External metric a pool's HPA scales on: autoscaling.hpa.metricName + "_" + pool name. */}}
+{{- define "vlq.autoscaling.hpaMetricName" -}}
+{{- printf "%s_%s" .ctx.Values.autoscaling.hpa.metricName (.pool.name | replace "-" "_") }}
 {{- end }}
 
 {{- define "vlq.prometheus.gatewayMatchers" -}}
@@ -226,9 +383,17 @@ Call with (dict "ctx" $ "urlVar" "VLQ_GATEWAY_REDIS_URL").
 {{- end }}
 {{- end }}
 
-{{/* Jobs held by the system: queued plus started. Every gateway replica exports the same gauges, hence max. */}}
+{{/* PromQL matcher of a pool's series in the gateway's per-model gauges. */}}
+{{- define "vlq.prometheus.modelMatcher" -}}
+{{- printf "model=%q" .servedModelName }}
+{{- end }}
+
+{{/*
+Jobs a pool holds: its model's queued plus started jobs. Every gateway replica exports the same gauges, hence
+max. Call with (dict "ctx" $ "pool" $p).
+*/}}
 {{- define "vlq.prometheus.jobsQuery" -}}
-{{- $m := include "vlq.prometheus.gatewayMatchers" . }}
+{{- $m := printf "%s,%s" (include "vlq.prometheus.gatewayMatchers" .ctx) (include "vlq.prometheus.modelMatcher" .pool) }}
 {{- printf "max(vlq_queue_depth{%s}) + max(vlq_queue_started_jobs{%s})" $m $m }}
 {{- end }}
 
@@ -236,18 +401,46 @@ Call with (dict "ctx" $ "urlVar" "VLQ_GATEWAY_REDIS_URL").
 
 {{- define "vlq.validate" -}}
 {{- $errors := list }}
-{{- $a := .Values.autoscaling }}
-{{- if gt (int $a.minReplicas) (int $a.maxReplicas) }}
-{{- $errors = append $errors (printf "autoscaling.minReplicas (%v) must not exceed autoscaling.maxReplicas (%v)" $a.minReplicas $a.maxReplicas) }}
+{{- $mode := .Values.autoscaling.mode }}
+{{- $pools := include "vlq.workerPools" . | fromJsonArray }}
+{{- $names := list }}
+{{- $served := list }}
+{{- $c := .Values.gateway.config }}
+{{- $rule := .Values.monitoring.prometheusRule }}
+{{- range $p := $pools }}
+{{- if has $p.name $names }}
+{{- $errors = append $errors (printf "workerPools: the name %q is used twice; each pool needs its own (its objects are named after it)" $p.name) }}
 {{- end }}
-{{- if and $a.scaleToZero (ne $a.mode "keda") }}
-{{- $errors = append $errors (printf "autoscaling.scaleToZero needs autoscaling.mode=keda (a plain HPA cannot scale to zero); mode is %q" $a.mode) }}
+{{- $names = append $names $p.name }}
+{{- if has $p.servedModelName $served }}
+{{- $errors = append $errors (printf "workerPools: the served model name %q is used by two pools; each model has one pool (and one queue); give one of them another servedModelName" $p.servedModelName) }}
+{{- end }}
+{{- $served = append $served $p.servedModelName }}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._/-]*$" $p.servedModelName) }}
+{{- $errors = append $errors (printf "workerPools[%s]: the served model name %q may hold only letters, digits and . _ / - (no ':', which separates an adapter: base:adapter); set servedModelName" $p.name $p.servedModelName) }}
+{{- end }}
+{{- $a := $p.autoscaling }}
+{{- if gt (int $a.minReplicas) (int $a.maxReplicas) }}
+{{- $errors = append $errors (printf "%s (%v) must not exceed %s (%v)" (include "vlq.pool.valuePath" (dict "pool" $p "path" "autoscaling.minReplicas" "global" "autoscaling.minReplicas")) $a.minReplicas (include "vlq.pool.valuePath" (dict "pool" $p "path" "autoscaling.maxReplicas" "global" "autoscaling.maxReplicas")) $a.maxReplicas) }}
+{{- end }}
+{{- if and $a.scaleToZero (ne $mode "keda") }}
+{{- $errors = append $errors (printf "%s needs autoscaling.mode=keda (a plain HPA cannot scale to zero); mode is %q" (include "vlq.pool.valuePath" (dict "pool" $p "path" "autoscaling.scaleToZero" "global" "autoscaling.scaleToZero")) $mode) }}
+{{- end }}
+{{- if lt (int $p.engine.limitMmImages) (int $c.maxImages) }}
+{{- $errors = append $errors (printf "%s (%v) must be at least gateway.config.maxImages (%v), or the engine rejects requests the gateway accepted" (include "vlq.pool.valuePath" (dict "pool" $p "path" "engine.limitMmImages" "global" "worker.engine.limitMmImages")) $p.engine.limitMmImages $c.maxImages) }}
+{{- end }}
+{{- $gpuAlert := $p.alerts.gpuMemory }}
+{{- if and $rule.enabled $gpuAlert.enabled (le (float64 $gpuAlert.ratio) (float64 $p.engine.gpuMemoryUtilization)) }}
+{{- $errors = append $errors (printf "%s (%v) must be above %s (%v): vLLM claims that share up front, so the alert would always fire" (include "vlq.pool.valuePath" (dict "pool" $p "path" "alerts.gpuMemory.ratio" "global" "monitoring.prometheusRule.alerts.gpuMemory.ratio")) $gpuAlert.ratio (include "vlq.pool.valuePath" (dict "pool" $p "path" "engine.gpuMemoryUtilization" "global" "worker.engine.gpuMemoryUtilization")) $p.engine.gpuMemoryUtilization) }}
+{{- end }}
+{{- end }}
+{{- with .Values.gateway.defaultModel }}
+{{- if not (has . $served) }}
+{{- $errors = append $errors (printf "gateway.defaultModel %q is served by no pool (served: %s)" . (join ", " $served)) }}
+{{- end }}
 {{- end }}
 {{- if and (not .Values.redis.enabled) (not .Values.externalRedis.host) }}
 {{- $errors = append $errors "redis.enabled=false needs externalRedis.host (and externalRedis.existingSecret or externalRedis.password when it requires AUTH)" }}
-{{- end }}
-{{- if lt (int .Values.worker.engine.limitMmImages) (int .Values.gateway.config.maxImages) }}
-{{- $errors = append $errors (printf "worker.engine.limitMmImages (%v) must be at least gateway.config.maxImages (%v), or the engine rejects requests the gateway accepted" .Values.worker.engine.limitMmImages .Values.gateway.config.maxImages) }}
 {{- end }}
 {{- $auth := .Values.auth }}
 {{- if and $auth.enabled (not $auth.tenants) (not $auth.existingSecret) }}
@@ -256,7 +449,6 @@ Call with (dict "ctx" $ "urlVar" "VLQ_GATEWAY_REDIS_URL").
 {{- if and $auth.tenants $auth.existingSecret }}
 {{- $errors = append $errors (printf "set auth.tenants or auth.existingSecret (%q), not both: the gateway reads one key file" $auth.existingSecret) }}
 {{- end }}
-{{- $c := .Values.gateway.config }}
 {{- if and (eq (toString $c.requireLiveWorker) "true") (include "vlq.autoscaling.scalesToZero" .) }}
 {{- $errors = append $errors "gateway.config.requireLiveWorker=true contradicts autoscaling.scaleToZero: with no worker running the gateway would refuse the very job that wakes one; leave it auto or set false" }}
 {{- end }}
@@ -271,12 +463,8 @@ Call with (dict "ctx" $ "urlVar" "VLQ_GATEWAY_REDIS_URL").
 {{- $errors = append $errors (printf "gateway.ingress.maxBodySize (%s = %d bytes) must be at least gateway.config.maxBodyBytes (%d), or the ingress refuses bodies the gateway accepts" $ing.maxBodySize $ingressBytes (int64 $c.maxBodyBytes)) }}
 {{- end }}
 {{- end }}
-{{- $gpuAlert := .Values.monitoring.prometheusRule.alerts.gpuMemory }}
-{{- if and .Values.monitoring.prometheusRule.enabled $gpuAlert.enabled (le (float64 $gpuAlert.ratio) (float64 .Values.worker.engine.gpuMemoryUtilization)) }}
-{{- $errors = append $errors (printf "monitoring.prometheusRule.alerts.gpuMemory.ratio (%v) must be above worker.engine.gpuMemoryUtilization (%v): vLLM claims that share up front, so the alert would always fire" $gpuAlert.ratio .Values.worker.engine.gpuMemoryUtilization) }}
-{{- end }}
 {{- if $errors }}
-{{- $message := printf "invalid values:\n- %s" (join "\n- " $errors) }}
+{{- $message := printf "invalid values:\n- %s" (join "\n- " (uniq $errors)) }}
 {{- fail $message }}
 {{- /* `helm lint` turns fail into an INFO line and renders on; an unparsable line makes lint fail too. */}}
 {{ printf "vlq-invalid-values: [%q" $message }}
@@ -323,3 +511,20 @@ Call with (dict "ctx" $ "urlVar" "VLQ_GATEWAY_REDIS_URL").
   mountPath: {{ include "vlq.webhooks.secretsDir" . }}
   readOnly: true
 {{- end }}
+
+{{/* ---- Worker pool objects shared by all pools --------------------------------------------------------- */}}
+
+{{/* The model cache claim the chart creates, shared by every pool that uses it. */}}
+{{- define "vlq.worker.modelsClaim" -}}{{ include "vlq.worker.fullname" . }}-models{{- end }}
+
+{{/* "true" when some pool is scaled by KEDA's redis trigger (KEDA then reads Redis itself). */}}
+{{- define "vlq.keda.redisTriggered" -}}
+{{- if eq .Values.autoscaling.mode "keda" }}
+{{- range $p := include "vlq.workerPools" . | fromJsonArray }}
+{{- if eq $p.autoscaling.keda.trigger "redis" }}true{{ break }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The TriggerAuthentication every redis trigger uses (it names only the Redis password Secret). */}}
+{{- define "vlq.keda.redisAuthName" -}}{{ include "vlq.worker.fullname" . }}-redis{{- end }}
