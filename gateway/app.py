@@ -78,8 +78,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(batches_routes.router)
     app.include_router(openai_api.router)
     app.include_router(web.router)
+    path_caps = files_routes.body_limits(settings) | media_routes.body_limits(settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s,
-                       deadline_s=settings.body_deadline_s, path_caps=files_routes.body_limits(settings))
+                       deadline_s=settings.body_deadline_s, path_caps=path_caps)
     app.add_middleware(Observe)  # outermost: every response, refusals included, gets an id and a log line
     return app
 

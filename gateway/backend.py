@@ -16,6 +16,7 @@ from cache.tiers import ExactCache
 from gateway.config import GatewaySettings
 from gateway.images import ImageLimits
 from gateway.limits import WorkerPresence
+from gateway.video import Decoder, VideoLimits
 from gateway.waiter import ResultWaiter
 from worker.constants import CACHE_PREFIX, NEAR_PREFIX
 from worker.contract import Priority
@@ -41,6 +42,8 @@ class Backend:
     presence: WorkerPresence
     scripts: Scripts
     ascripts: AsyncScripts
+    # Video decodes: bounded concurrency, each within its time limit.
+    video_decoder: Decoder
 
     def queues_of(self, model: str | None) -> dict[Priority, Queue]:
         """A served model's queues (the default model's for None or a model no longer served)."""
@@ -55,6 +58,16 @@ class Backend:
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels,
                            max_aspect_ratio=self.settings.max_aspect_ratio)
+
+
+def video_limits(settings: GatewaySettings) -> VideoLimits:
+    """The video caps of ``settings``."""
+    return VideoLimits(max_bytes=settings.video_max_bytes, max_duration_s=settings.video_max_duration_s,
+                       max_pixels=settings.video_max_pixels, max_frames=settings.video_max_frames,
+                       max_source_fps=settings.video_max_source_fps,
+                       max_sample_frames=settings.video_max_sample_frames,
+                       frame_long_edge=settings.video_frame_long_edge,
+                       decode_timeout_s=settings.video_decode_timeout_s)
 
 
 def connect(settings: GatewaySettings) -> Backend:
@@ -74,4 +87,5 @@ def connect(settings: GatewaySettings) -> Backend:
     return Backend(settings=settings, aredis=aredis, stream_redis=stream_redis, redis=redis,
                    queues={model: open_queues(redis, model) for model in settings.served_models}, l2=l2, cache=cache,
                    waiter=ResultWaiter(settings.redis_url, cache), presence=WorkerPresence(),
-                   scripts=Scripts(redis), ascripts=AsyncScripts(aredis))
+                   scripts=Scripts(redis), ascripts=AsyncScripts(aredis),
+                   video_decoder=Decoder(video_limits(settings), settings.video_decode_concurrency))

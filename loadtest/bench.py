@@ -11,6 +11,7 @@ engine    queue-fed ÷ direct vLLM throughput, tiny model, same engine; and its 
 stream    vLLM engine throughput with streamed deltas ÷ final-only, and first delta vs done (goal >= 0.95)
 coldstart a pool at zero: worker process start to its first job done, vLLM tiny model     (no goal)
 priority  interactive p95 with 500 Batch API lines queued ÷ idle, instant engine           (goal <= 1.5)
+video     video intake (decode + sample + JPEG) per video-second at 720p and 1080p        (goal 1080p <= 250 ms)
 
 Output is Markdown; a copy goes to loadtest/reports/bench-<time>.md. Every process a benchmark starts
 (redis-server, worker, gateway, engine) listens on loopback only and is stopped by PID when it ends.
@@ -39,6 +40,7 @@ from loadtest import (
     bench_priority,
     bench_stream,
     bench_upload,
+    bench_video,
 )
 from loadtest.measure import Check, checks_table
 from loadtest.stack import ROOT
@@ -52,6 +54,7 @@ BENCHMARKS: dict[str, Callable[[], list[Check]]] = {
     "stream": bench_stream.run,
     "coldstart": bench_coldstart.run,
     "priority": bench_priority.run,
+    "video": bench_video.run,
 }
 
 

@@ -55,6 +55,8 @@ class WorkerSettings(BaseSettings):
     max_num_seqs: int = Field(default=16, ge=1)
     gpu_memory_utilization: float = Field(default=0.8, gt=0, le=1)
     limit_mm_images: int = Field(default=4, ge=1)
+    # Videos per prompt the engine takes (0: this pool answers no videos); frames arrive already sampled.
+    limit_mm_videos: int = Field(default=0, ge=0, le=4)
     enforce_eager: bool = False
     trust_remote_code: bool = False
     seed: int = 0

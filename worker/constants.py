@@ -30,6 +30,10 @@ STREAM_PREFIX: Final = "vlq:stream:"
 MEDIA_PREFIX: Final = "vlq:media:"
 # Image digest -> set of media ids that hold it, so deleting the last one deletes the bytes.
 IMAGE_MEDIA_PREFIX: Final = "vlq:img-media:"
+# A video's sampled frames and timing (contract ``VideoDecode``, owned by ``gateway.media``), by
+# ``<scope>:<file digest>:<sample fps>``, scope a tenant (or "shared"), so a repeat upload skips the decode
+# and no tenant learns from the speed of its upload that another sent the same file. Same TTL as media.
+VIDEO_DECODE_PREFIX: Final = "vlq:video-decode:"
 # Live workers' capacity per served model, for the ETA estimate (``<prefix><model>``): hash of worker name
 # -> "<slots>|<service_s>|<lapses_at>".
 CAPACITY_PREFIX: Final = "vlq:capacity:"

@@ -124,7 +124,31 @@ class ImagePart(Tolerant):
     image: int = Field(ge=0)
 
 
-Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class VideoPart(Tolerant):
+    """A video of a turn (its sampled frames with their times), by its index into ``InferJob.videos``."""
+
+    type: Literal["video"] = "video"
+    video: int = Field(ge=0)
+
+
+Part = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
+
+
+class VideoClip(Tolerant):
+    """The frames of one video, or one window of it, that a job answers about: stored JPEGs by digest, in
+    time order, each with its time in seconds from the start of the whole video (so the model's
+    ``<t seconds>`` are absolute even for a window)."""
+
+    frames: list[str]
+    times: list[float]
+    # Frames per second the frames were sampled at.
+    fps: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _one_time_per_frame(self) -> VideoClip:
+        if len(self.frames) != len(self.times) or not self.frames:
+            raise ValueError("a clip has one time per frame and at least one frame")
+        return self
 
 
 class Message(Tolerant):
@@ -180,6 +204,8 @@ class InferJob(Tolerant):
     priority: Priority = Priority.INTERACTIVE
     # A LoRA adapter of ``model`` to answer with (the request named "<model>:<adapter>"); None: the base.
     adapter: str | None = None
+    # Videos the conversation's video parts index (contract v2 readers without videos see none).
+    videos: list[VideoClip] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _messages_from_prompt(self) -> InferJob:
@@ -274,18 +300,67 @@ class StreamEvent(StrEnum):
         return self not in (StreamEvent.QUEUED, StreamEvent.RUNNING, StreamEvent.DELTA)
 
 
+class VideoFrame(Tolerant):
+    """One sampled frame of a video: a JPEG stored like an image (under its digest), and when it is shown."""
+
+    # Seconds from the video's first frame: the frame's own presentation time, exact in its time base.
+    t: float = Field(ge=0)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=1)
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+
+    def image_ref(self) -> ImageRef:
+        """The frame as an image a job can carry."""
+        return ImageRef(digest=self.digest, media_type="image/jpeg", size=self.size, width=self.width,
+                        height=self.height)
+
+
+class VideoDecode(Tolerant):
+    """What sampling a video file at ``sample_fps`` gave (``gateway.media`` owns it): reused by a repeat upload."""
+
+    v: int = CONTRACT_VERSION
+    media_type: str
+    container: str
+    codec: str
+    width: int
+    height: int
+    fps: float
+    duration_s: float
+    sample_fps: float
+    frames: list[VideoFrame]
+
+
 class MediaRecord(Tolerant):
-    """An uploaded media item (``gateway.media`` owns it): its bytes live under their digest, shared."""
+    """An uploaded media item (``gateway.media`` owns it): its bytes live under their digest, shared.
+
+    An image's bytes live under ``digest``. A video keeps only its sampled frames, each under its own
+    digest; ``digest`` is then the BLAKE3 of the uploaded file, and ``width``/``height`` its source size.
+    """
 
     v: int = CONTRACT_VERSION
     tenant: str
-    kind: Literal["image"] = "image"
+    kind: Literal["image", "video"] = "image"
     digest: str
     media_type: str
     width: int
     height: int
     size: int
     created_at: float
+    # Videos only: seconds, source frames a second, the sampling rate, and the frames kept (by time).
+    duration_s: float | None = None
+    fps: float | None = None
+    sample_fps: float | None = None
+    codec: str | None = None
+    container: str | None = None
+    frames: list[VideoFrame] = Field(default_factory=list)
+
+    @property
+    def blob_digests(self) -> list[str]:
+        """The digests of the bytes this item holds, each once."""
+        if self.kind == "video":
+            return list(dict.fromkeys(frame.digest for frame in self.frames))
+        return [self.digest]
 
 
 class FileRecord(Tolerant):

@@ -36,8 +36,22 @@ class EngineError(WorkerError):
 
 
 @dataclass(frozen=True)
+class VideoInput:
+    """One video's sampled frames (JPEG bytes, in time order) and their times in seconds."""
+
+    frames: list[bytes]
+    times: list[float]
+    fps: float
+
+    @property
+    def span(self) -> str:
+        return f"{self.times[0]:.1f}-{self.times[-1]:.1f}s"
+
+
+@dataclass(frozen=True)
 class EngineRequest:
-    """One generation: a conversation whose image parts index ``images`` (JPEG/PNG/WebP bytes)."""
+    """One generation: a conversation whose image parts index ``images`` (JPEG/PNG/WebP bytes) and whose
+    video parts index ``videos``."""
 
     request_id: str
     messages: list[Message]
@@ -50,6 +64,7 @@ class EngineRequest:
     priority: int = 0
     # A LoRA adapter the worker serves (``WorkerSettings.lora_adapters``), or None for the base model.
     adapter: str | None = None
+    videos: list[VideoInput] = field(default_factory=list)
 
     @classmethod
     def single(cls, request_id: str, prompt: str, images: list[bytes], sampling: SamplingParams,
@@ -147,8 +162,9 @@ class InstantEngine:
         if request.response_format.is_json:
             return '{"instant": true}'
         adapter = f" adapter={request.adapter}" if request.adapter else ""
+        videos = "".join(f" video={len(video.frames)}f@{video.span}" for video in request.videos)
         return (f"instant-engine prompt={request.last_user_text[:32]!r} images={digests} "
-                f"turns={len(request.messages)}{adapter}")
+                f"turns={len(request.messages)}{adapter}{videos}")
 
     async def abort(self, request_id: str) -> None:
         return None

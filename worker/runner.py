@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 from redis import Redis
@@ -26,7 +27,7 @@ from worker.config import WorkerSettings
 from worker.constants import CANCEL_PREFIX, ENGINE_CALLS, IMAGE_PREFIX, INFER_FUNC, MAX_INFLIGHT_SEEN
 from worker.contract import CONTRACT_VERSION, ErrorCode, InferJob, JobState, Priority, StreamEvent
 from worker.deltas import DeltaBuffer
-from worker.engine import Engine, EngineError, EngineOutput, EngineRequest
+from worker.engine import Engine, EngineError, EngineOutput, EngineRequest, VideoInput
 from worker.rqjobs import Claimed, claim_next, heartbeat, open_queues, requeue_unfinished
 from worker.scripts import Scripts
 
@@ -35,6 +36,14 @@ log = logging.getLogger("vlq.worker")
 _CAPPED_BLOCK_S = 0.1
 # vLLM's priority: lower is scheduled first.
 _ENGINE_PRIORITY = {Priority.INTERACTIVE: 0, Priority.BATCH: 1}
+
+
+@dataclass(frozen=True)
+class _Media:
+    """A job's image bytes and videos, read from Redis when it starts."""
+
+    images: list[bytes]
+    videos: list[VideoInput]
 
 
 class _EngineDiedError(Exception):
@@ -188,13 +197,13 @@ class Runner:
         refusal = self._refuse(payload, job.id, started)
         if refusal is not None:
             return refusal
-        canceled, images = await asyncio.to_thread(self._start_job, job.id, payload)
+        canceled, media = await asyncio.to_thread(self._start_job, job.id, payload)
         if canceled:
             return endings.canceled(job.id, payload, started)
-        if images is None:
+        if media is None:
             return endings.failed(job.id, payload, ErrorCode.IMAGE_EXPIRED,
-                                  "an image of this request expired before a worker took it", started)
-        return await self._generate(claimed, payload, images, started)
+                                  "an image or video frame of this request expired before a worker took it", started)
+        return await self._generate(claimed, payload, media, started)
 
     def _refuse(self, payload: InferJob, job_id: str, started: float) -> Ending | None:
         if payload.model != self.settings.served_model_name:
@@ -208,23 +217,29 @@ class Runner:
                                  "the request's deadline passed before a worker could start it", started)
         return None
 
-    def _start_job(self, job_id: str, payload: InferJob) -> tuple[bool, list[bytes] | None]:
-        """(canceled?, the images or None if one expired), and the ``running`` event, in one round trip."""
+    def _start_job(self, job_id: str, payload: InferJob) -> tuple[bool, _Media | None]:
+        """(canceled?, the images and video frames or None if one expired), and the ``running`` event, in one
+        round trip."""
+        digests = [ref.digest for ref in payload.images] + [d for clip in payload.videos for d in clip.frames]
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(CANCEL_PREFIX + job_id)
-            pipe.mget([IMAGE_PREFIX + ref.digest for ref in payload.images] or [IMAGE_PREFIX])
+            pipe.mget([IMAGE_PREFIX + digest for digest in digests] or [IMAGE_PREFIX])
             events.append(self.scripts, pipe, job_id, [(StreamEvent.RUNNING, "{}")], payload.result_ttl_s)
             canceled, blobs, _ = pipe.execute()
-        if not payload.images:
-            return bool(canceled), []
-        images = [blob for blob in blobs if isinstance(blob, bytes)]
-        return bool(canceled), images if len(images) == len(blobs) else None
+        found = [blob for blob in blobs if isinstance(blob, bytes)]
+        if digests and len(found) != len(digests):
+            return bool(canceled), None
+        images, frames = found[:len(payload.images)], iter(found[len(payload.images):])
+        videos = [VideoInput(frames=[next(frames) for _ in clip.frames], times=clip.times, fps=clip.fps)
+                  for clip in payload.videos]
+        return bool(canceled), _Media(images=images if digests else [], videos=videos)
 
-    async def _generate(self, claimed: Claimed, payload: InferJob, images: list[bytes],
+    async def _generate(self, claimed: Claimed, payload: InferJob, media: _Media,
                         started: float) -> Ending:
         job_id = claimed.job.id
         request = EngineRequest(request_id=claimed.execution.composite_key, messages=payload.messages,
-                                images=images, sampling=payload.sampling, response_format=payload.response_format,
+                                images=media.images, videos=media.videos, sampling=payload.sampling,
+                                response_format=payload.response_format,
                                 stream=self.settings.stream_deltas, priority=_ENGINE_PRIORITY[payload.priority],
                                 adapter=payload.adapter)
         metrics.JOBS_INFLIGHT.inc()

@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 
 from worker.config import WorkerSettings
-from worker.contract import ErrorCode, SamplingParams
-from worker.engine import EngineError, EngineOutput, EngineRequest
+from worker.contract import ErrorCode, Message, Role, SamplingParams, TextPart, VideoPart
+from worker.engine import EngineError, EngineOutput, EngineRequest, VideoInput
 from worker.vllm_engine import VllmEngine, decode_image, to_engine_error
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def loop() -> Iterator[asyncio.Runner]:
 def engine(loop: asyncio.Runner, model_dir: Path) -> Iterator[VllmEngine]:
     pytest.importorskip("vllm", reason="the vLLM engine tests need the CPU worker venv (make venv)")
     settings = WorkerSettings(model=str(model_dir), max_num_seqs=8, max_num_batched_tokens=256,
-                              max_model_len=4096, enforce_eager=True, limit_mm_images=2)
+                              max_model_len=4096, enforce_eager=True, limit_mm_images=2, limit_mm_videos=1)
     started = loop.run(VllmEngine.start(settings))
     yield started
     started.shutdown()
@@ -137,6 +137,27 @@ def test_batch_priority_requests_share_the_engine_with_interactive_ones(engine: 
     alone = [run(engine.generate(dataclasses.replace(req, request_id=req.request_id + "-0", priority=0)))
              for req in requests]
     assert [output.text for output in together] == [output.text for output in alone]
+
+
+def jpeg(color: str, size: tuple[int, int] = (64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.engine
+def test_a_video_window_is_answered_with_its_absolute_times(engine: VllmEngine, run: Any) -> None:
+    # Four frames sampled at 2 fps from 60 s on: a window of a longer video.
+    video = VideoInput(frames=[jpeg(c) for c in ("red", "red", "blue", "blue")], times=[60.0, 60.5, 61.0, 61.5],
+                       fps=2.0)
+    req = EngineRequest(request_id="video", messages=[Message(role=Role.USER, content=[
+        VideoPart(video=0), TextPart(text="When does it turn blue?")])], images=[], videos=[video], sampling=GREEDY)
+    output = run(engine.generate(req))
+    assert output.completion_tokens == 16 and output.prompt_tokens > 8
+    rendered = run(engine._tokenize(engine._render(req)))
+    text = engine._processor.tokenizer.decode(rendered["prompt_token_ids"])
+    # Qwen3-VL prefixes each temporal patch (2 frames) with its time: absolute, not from the window's start.
+    assert "<60.0 seconds>" in text and "<61.0 seconds>" in text and "<0.0 seconds>" not in text
 
 
 @pytest.mark.engine
