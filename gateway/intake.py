@@ -12,7 +12,8 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from fastapi import Request
@@ -23,7 +24,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway.config import GatewaySettings
 from gateway.errors import BadRequestError, PayloadTooLargeError, UnprocessableError, UnsupportedMediaError
-from gateway.messages import ImageInput, Limits, MessageIn, check_text, to_conversation
+from gateway.messages import ImageInput, Limits, MessageIn, VideoSource, check_text, to_conversation
 from gateway.response_format import SchemaLimits, check_schema
 from worker.contract import CacheMode, ImagePart, Message, Priority, ResponseFormat, Role, SamplingParams, TextPart
 from worker.presets import Task, preset
@@ -63,6 +64,15 @@ class ResponseFormatIn(BaseModel):
         return self
 
 
+class VideoParams(BaseModel):
+    """``video`` of ``POST /api/infer``: the sampling rate (at most the upload's) and the window length."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fps: float | None = Field(default=None, gt=0, le=4)
+    window_s: float = Field(default=60.0, ge=1, le=600)
+
+
 class InferParams(BaseModel):
     """The non-image fields of ``POST /api/infer`` (both body shapes)."""
 
@@ -77,6 +87,8 @@ class InferParams(BaseModel):
     deadline_s: float | None = Field(default=None, gt=0, le=86_400)
     task: Task = Task.VQA
     response_format: ResponseFormatIn | None = None
+    # How a video_url part is read: frames per second and the window one job answers (gateway/videos.py).
+    video: VideoParams | None = None
     # A served model or "<model>:<adapter>" (gateway/models.py); None: the default model.
     model: str | None = Field(default=None, min_length=1, max_length=256)
     # batch: the job waits on the batch queue and yields to interactive work (worker/claims.py).
@@ -116,6 +128,7 @@ class Submission:
     messages: list[Message]
     images: list[ImageInput]
     response_format: ResponseFormat
+    videos: list[VideoSource] = field(default_factory=list)
 
     @property
     def task(self) -> Task:
@@ -172,7 +185,7 @@ def _single_turn(params: InferParams, images: list[bytes], settings: GatewaySett
 
 
 def finish_submission(params: InferParams, messages: list[Message], images: list[ImageInput],
-                      settings: GatewaySettings) -> Submission:
+                      settings: GatewaySettings, videos: Sequence[VideoSource] = ()) -> Submission:
     """The submission of a conversation: sampling filled in, the response format and task preset applied."""
     max_tokens = params.max_tokens or settings.default_max_tokens
     if max_tokens > settings.max_tokens_limit:
@@ -182,8 +195,10 @@ def finish_submission(params: InferParams, messages: list[Message], images: list
                               seed=params.seed)
     response_format = _response_format(params, settings)
     messages = _with_preset_prompt(params.task, messages)
+    if params.video is not None and not videos:
+        raise UnprocessableError("invalid_parameter", "video parameters without a video_url part", "video")
     return Submission(params=params, sampling=sampling, messages=messages, images=images,
-                      response_format=response_format)
+                      response_format=response_format, videos=list(videos))
 
 
 def _response_format(params: InferParams, settings: GatewaySettings) -> ResponseFormat:
@@ -272,9 +287,9 @@ def conversation_submission(params: InferParams, messages_in: list[MessageIn],
     """The submission of a conversation in OpenAI's shape (``/api/infer`` and the OpenAI facade)."""
     limits = Limits(max_messages=settings.max_messages, max_text_chars=settings.max_prompt_chars,
                     max_images=settings.max_images)
-    messages, inputs = to_conversation(
+    conversation = to_conversation(
         messages_in, limits, lambda url, param: decode_data_url(url, param, settings.max_image_bytes))
-    return finish_submission(params, messages, inputs, settings)
+    return finish_submission(params, conversation.messages, conversation.images, settings, conversation.videos)
 
 
 def decode_data_url(url: str, param: str, max_bytes: int) -> bytes:

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.errors import BadRequestError, UnprocessableError
-from worker.contract import ImagePart, Message, Role, TextPart
+from worker.contract import ImagePart, Message, Role, TextPart, VideoPart
 
 MEDIA_SCHEME = "vlq://media/"
 
@@ -64,7 +64,24 @@ class ImagePartIn(BaseModel):
     image_url: ImageUrlIn
 
 
-PartIn = Annotated[TextPartIn | ImagePartIn, Field(discriminator="type")]
+class VideoUrlIn(BaseModel):
+    """Where a video is: ``vlq://media/<id>`` from ``POST /api/media`` (videos are never inline)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=1024)
+
+
+class VideoPartIn(BaseModel):
+    """A video of a turn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["video_url"]
+    video_url: VideoUrlIn
+
+
+PartIn = Annotated[TextPartIn | ImagePartIn | VideoPartIn, Field(discriminator="type")]
 
 
 class MessageIn(BaseModel):
@@ -93,17 +110,34 @@ class ImageInput:
 
 
 @dataclass(frozen=True)
+class VideoSource:
+    """One video of the request, in order of appearance: an uploaded media id."""
+
+    param: str
+    media_id: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A checked conversation: the contract's messages, and the images and videos its parts index."""
+
+    messages: list[Message]
+    images: list[ImageInput]
+    videos: list[VideoSource]
+
+
+@dataclass(frozen=True)
 class Limits:
     """What one conversation may hold."""
 
     max_messages: int
     max_text_chars: int
     max_images: int
+    max_videos: int = 1
 
 
-def to_conversation(messages: list[MessageIn], limits: Limits,
-                    decode: DataUrlDecoder) -> tuple[list[Message], list[ImageInput]]:
-    """Check the rules and convert: (contract messages, the images in order)."""
+def to_conversation(messages: list[MessageIn], limits: Limits, decode: DataUrlDecoder) -> Conversation:
+    """Check the rules and convert: the contract messages, the images and the videos in order."""
     if not messages:
         raise BadRequestError("missing_messages", "messages must hold at least one turn", "messages")
     if len(messages) > limits.max_messages:
@@ -111,17 +145,20 @@ def to_conversation(messages: list[MessageIn], limits: Limits,
                                  "messages")
     _check_roles(messages)
     images: list[ImageInput] = []
-    converted = [_convert(message, index, images, decode) for index, message in enumerate(messages)]
+    videos: list[VideoSource] = []
+    converted = [_convert(message, index, images, videos, decode) for index, message in enumerate(messages)]
     if len(images) > limits.max_images:
         raise BadRequestError("too_many_images", f"at most {limits.max_images} images per request", "messages")
+    if len(videos) > limits.max_videos:
+        raise BadRequestError("too_many_videos", f"at most {limits.max_videos} video per request", "messages")
     chars = sum(len(part.text) for message in converted for part in message.content if isinstance(part, TextPart))
     if chars > limits.max_text_chars:
         raise UnprocessableError("prompt_too_long",
                                  f"the conversation's text is longer than {limits.max_text_chars} characters",
                                  "messages")
-    if chars == 0 and not images:
+    if chars == 0 and not images and not videos:
         raise UnprocessableError("prompt_empty", "the conversation holds no text and no image", "messages")
-    return converted, images
+    return Conversation(messages=converted, images=images, videos=videos)
 
 
 def _check_roles(messages: list[MessageIn]) -> None:
@@ -141,23 +178,35 @@ def _check_roles(messages: list[MessageIn]) -> None:
                                  f"messages[{len(messages) - 1}]")
 
 
-def _convert(message: MessageIn, index: int, images: list[ImageInput], decode: DataUrlDecoder) -> Message:
+def _convert(message: MessageIn, index: int, images: list[ImageInput], videos: list[VideoSource],
+             decode: DataUrlDecoder) -> Message:
     role = Role(message.role)
     if isinstance(message.content, str):
         return Message(role=role, content=[TextPart(text=message.content)])
     if not message.content:
         raise UnprocessableError("invalid_conversation", "a turn's content is empty", f"messages[{index}].content")
-    parts: list[TextPart | ImagePart] = []
+    parts: list[TextPart | ImagePart | VideoPart] = []
     for position, part in enumerate(message.content):
         param = f"messages[{index}].content[{position}]"
         if isinstance(part, TextPartIn):
             parts.append(TextPart(text=part.text))
             continue
         if role is not Role.USER:
-            raise UnprocessableError("image_not_allowed", "images may only be in user turns", param)
+            raise UnprocessableError("image_not_allowed", "images and videos may only be in user turns", param)
+        if isinstance(part, VideoPartIn):
+            videos.append(_video(part.video_url.url, f"{param}.video_url.url"))
+            parts.append(VideoPart(video=len(videos) - 1))
+            continue
         images.append(_image(part.image_url.url, f"{param}.image_url.url", decode))
         parts.append(ImagePart(image=len(images) - 1))
     return Message(role=role, content=parts)
+
+
+def _video(url: str, param: str) -> VideoSource:
+    if not url.startswith(MEDIA_SCHEME):
+        raise UnprocessableError("unsupported_video_url", "videos are uploaded first (POST /api/media) and named "
+                                 "vlq://media/<id>; the gateway fetches nothing", param)
+    return VideoSource(param=param, media_id=url.removeprefix(MEDIA_SCHEME))
 
 
 def _image(url: str, param: str, decode: DataUrlDecoder) -> ImageInput:

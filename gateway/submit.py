@@ -31,11 +31,11 @@ from cache import near
 from cache.codec import as_bytes, as_text
 from cache.keys import cache_key, image_digest, near_bucket
 from cache.tiers import Hit
-from gateway import eta, media, metrics, models, records, webhooks
+from gateway import clips, eta, media, metrics, models, records, webhooks
 from gateway.backend import Backend
 from gateway.errors import BadRequestError, TooManyRequestsError, UnavailableError
 from gateway.images import inspect, sniff
-from gateway.intake import Submission
+from gateway.intake import Submission, VideoParams
 from gateway.limits import check_rate
 from gateway.messages import ImageInput
 from gateway.results import final_body
@@ -50,6 +50,9 @@ from worker.contract import (
     JobResult,
     Priority,
     RequestRecord,
+    TextPart,
+    VideoClip,
+    VideoPart,
 )
 
 _PENDING_RQ_STATES = (b"queued", b"started", b"scheduled", b"deferred")
@@ -108,6 +111,7 @@ class _Plan:
     submission: Submission
     idem_key: str | None
     target: models.Target
+    videos: list[VideoClip]
     # False for Batch API lines: the batch driver meters them (batch_max_open_lines) instead of the
     # tenant's interactive in-flight quota, which a batch of thousands would otherwise fill.
     in_quota: bool = True
@@ -162,7 +166,8 @@ async def submit(backend: Backend, submission: Submission, tenant: str, idem_key
     if submission.params.webhook_url is not None:
         await webhooks.check_target(backend.settings, submission.params.webhook_url, "webhook_url", tenant)
     images = await _images(backend, submission, tenant)
-    plan = _plan(backend, submission, tenant, images, idem_key, target, in_quota)
+    clips = await _clips(backend, submission, tenant)
+    plan = _plan(backend, submission, tenant, images, idem_key, target, in_quota, clips)
     mode = submission.params.cache
     if mode is not CacheMode.OFF and (hit := await backend.cache.lookup(plan.key)) is not None:
         return await _answer(backend, plan, hit)
@@ -205,14 +210,34 @@ async def _images(backend: Backend, submission: Submission, tenant: str) -> list
     return found
 
 
+async def _clips(backend: Backend, submission: Submission, tenant: str) -> list[VideoClip]:
+    """The clip of each video part: its media resolved (tenant-bound, TTL refreshed) and its frames chosen."""
+    video = submission.params.video or VideoParams()
+    found = []
+    for source in submission.videos:
+        item = await media.resolve(backend, tenant, source.media_id, source.param, kind="video")
+        found.append(clips.clip(item.record, video.fps, video.window_s, source.param))
+    return found
+
+
+def _key_part(part: TextPart | ImagePart | VideoPart, images: list[_Image], videos: list[VideoClip]) -> dict[str, Any]:
+    """A part as the cache key sees it: images by digest, videos by their frames' digests and times."""
+    if isinstance(part, ImagePart):
+        return {"type": "image", "digest": images[part.image].digest}
+    if isinstance(part, VideoPart):
+        chosen = videos[part.video]
+        return {"type": "video", "frames": chosen.frames, "times": chosen.times}
+    return {"type": "text", "text": part.text}
+
+
 def _plan(backend: Backend, submission: Submission, tenant: str, images: list[_Image],
-          idem_key: str | None, target: models.Target | None = None, in_quota: bool = True) -> _Plan:
+          idem_key: str | None, target: models.Target | None = None, in_quota: bool = True,
+          videos: list[VideoClip] | None = None) -> _Plan:
     settings = backend.settings
     target = target or models.resolve(settings, submission.params.model)
+    videos = videos or []
     conversation = [{"role": message.role.value,
-                     "content": [{"type": "image", "digest": images[part.image].digest}
-                                 if isinstance(part, ImagePart) else {"type": "text", "text": part.text}
-                                 for part in message.content]}
+                     "content": [_key_part(part, images, videos) for part in message.content]}
                     for message in submission.messages]
     common: dict[str, Any] = {
         "scope": "shared" if settings.shared_cache else f"tenant:{tenant}", "model": target.name,
@@ -220,7 +245,8 @@ def _plan(backend: Backend, submission: Submission, tenant: str, images: list[_I
         "response_format": submission.response_format.model_dump(mode="json"),
         "sampling": submission.sampling.model_dump(mode="json")}
     return _Plan(request_id=new_request_id(), tenant=tenant, key=cache_key(**common), bucket=near_bucket(**common),
-                 images=images, submission=submission, idem_key=idem_key, target=target, in_quota=in_quota)
+                 images=images, submission=submission, idem_key=idem_key, target=target, in_quota=in_quota,
+                 videos=videos)
 
 
 def _inspect_inline(plan: _Plan, backend: Backend) -> None:
@@ -376,7 +402,7 @@ def _make_job(backend: Backend, plan: _Plan, job_id: str, phashes: list[str] | N
     params = plan.submission.params
     now = time.time()
     payload = InferJob(
-        v=CONTRACT_VERSION, model=plan.target.model, adapter=plan.target.adapter,
+        v=CONTRACT_VERSION, model=plan.target.model, adapter=plan.target.adapter, videos=plan.videos,
         messages=plan.submission.messages,
         images=[image.ref for image in plan.images if image.ref is not None], sampling=plan.submission.sampling,
         task=plan.submission.task.value, response_format=plan.submission.response_format,

@@ -156,8 +156,9 @@ def test_a_video_window_is_answered_with_its_absolute_times(engine: VllmEngine, 
     assert output.completion_tokens == 16 and output.prompt_tokens > 8
     rendered = run(engine._tokenize(engine._render(req)))
     text = engine._processor.tokenizer.decode(rendered["prompt_token_ids"])
-    # Qwen3-VL prefixes each temporal patch (2 frames) with its time: absolute, not from the window's start.
-    assert "<60.0 seconds>" in text and "<61.0 seconds>" in text and "<0.0 seconds>" not in text
+    # Qwen3-VL prefixes each temporal patch (2 frames) with the mean of its frames' times: absolute, not
+    # counted from the window's start (that would be <0.2 seconds>).
+    assert "<60.2 seconds>" in text and "<61.2 seconds>" in text and "<0.2 seconds>" not in text
 
 
 @pytest.mark.engine
