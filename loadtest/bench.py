@@ -1,6 +1,6 @@
 """``make bench``: vlq's benchmarks, each a ratio or a number against its goal, measured in one run.
 
-    python -m loadtest.bench all            # every benchmark, about 5 minutes on a 2-core machine
+    python -m loadtest.bench all            # every benchmark, about 11 minutes on a 2-core machine
     python -m loadtest.bench keys upload    # some of them
 
 keys      cache-key cost of a repeated 1080p upload, next to decode + pHash        (goal <= 1 ms)
@@ -11,6 +11,7 @@ engine    queue-fed ÷ direct vLLM throughput, tiny model, same engine; and its 
 stream    vLLM engine throughput with streamed deltas ÷ final-only, and first delta vs done (goal >= 0.95)
 coldstart a pool at zero: worker process start to its first job done, vLLM tiny model     (no goal)
 priority  interactive p95 with 500 Batch API lines queued ÷ idle, instant engine           (goal <= 1.5)
+validate  the capacity planner's predicted vs measured P50/P95 wait, same trace, 4 runs, ~6 min (goal MAPE <= 15%)
 
 Output is Markdown; a copy goes to loadtest/reports/bench-<time>.md. Every process a benchmark starts
 (redis-server, worker, gateway, engine) listens on loopback only and is stopped by PID when it ends.
@@ -39,6 +40,7 @@ from loadtest import (
     bench_priority,
     bench_stream,
     bench_upload,
+    validate,
 )
 from loadtest.measure import Check, checks_table
 from loadtest.stack import ROOT
@@ -52,6 +54,7 @@ BENCHMARKS: dict[str, Callable[[], list[Check]]] = {
     "stream": bench_stream.run,
     "coldstart": bench_coldstart.run,
     "priority": bench_priority.run,
+    "validate": validate.run,
 }
 
 
