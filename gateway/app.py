@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -24,6 +24,8 @@ from gateway.middleware import BodyLimit, Observe
 from gateway.webhooks import Dispatcher, load_secrets
 
 log = logging.getLogger("vlq.gateway")
+# Seconds one shutdown step may take.
+_STOP_S = 5.0
 
 
 def build_keyring(settings: GatewaySettings) -> Keyring:
@@ -35,6 +37,19 @@ def build_keyring(settings: GatewaySettings) -> Keyring:
         raise ValueError("auth is on but VLQ_GATEWAY_API_KEYS_FILE is not set "
                          "(set it, or VLQ_GATEWAY_AUTH_ENABLED=false to run open)")
     return Keyring.load(settings.api_keys_file)
+
+
+async def _settle(what: str, awaitable: Awaitable[object], timeout_s: float = _STOP_S) -> None:
+    """Wait for one shutdown step, at most ``timeout_s``: a step stuck on a dead connection must not hold the
+    process past its grace period (or a test's teardown). ``asyncio.wait`` returns at the timeout even if the
+    step ignores its cancellation."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()
+        log.warning("shutdown: %s did not stop within %.0f s; left behind", what, timeout_s)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("shutdown: %s failed (%s)", what, type(task.exception()).__name__)
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -59,12 +74,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             for task in (sweeping, driving):
                 task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
-            await dispatcher.stop()
-            await backend.waiter.stop()
-            await backend.aredis.aclose()
-            await backend.stream_redis.aclose()
+            await _settle("the janitor and the batch driver", asyncio.gather(sweeping, driving, return_exceptions=True))
+            await _settle("the webhook dispatcher", dispatcher.stop())
+            await _settle("the result waiter", backend.waiter.stop())
+            await _settle("the Redis clients", asyncio.gather(backend.aredis.aclose(), backend.stream_redis.aclose()))
             backend.redis.close()
             backend.l2.close()
 

@@ -1,6 +1,6 @@
 """``make bench``: vlq's benchmarks, each a ratio or a number against its goal, measured in one run.
 
-    python -m loadtest.bench all            # every benchmark, about 5 minutes on a 2-core machine
+    python -m loadtest.bench all            # every benchmark, about 11 minutes on a 2-core machine
     python -m loadtest.bench keys upload    # some of them
 
 keys      cache-key cost of a repeated 1080p upload, next to decode + pHash        (goal <= 1 ms)
@@ -12,6 +12,7 @@ stream    vLLM engine throughput with streamed deltas ÷ final-only, and first d
 coldstart a pool at zero: worker process start to its first job done, vLLM tiny model     (no goal)
 priority  interactive p95 with 500 Batch API lines queued ÷ idle, instant engine           (goal <= 1.5)
 video     video intake (decode + sample + JPEG) per video-second at 720p and 1080p        (goal 1080p <= 250 ms)
+validate  the capacity planner's predicted vs measured P50/P95 wait, same trace, 4 runs, ~6 min (goal MAPE <= 15%)
 
 Output is Markdown; a copy goes to loadtest/reports/bench-<time>.md. Every process a benchmark starts
 (redis-server, worker, gateway, engine) listens on loopback only and is stopped by PID when it ends.
@@ -41,6 +42,7 @@ from loadtest import (
     bench_stream,
     bench_upload,
     bench_video,
+    validate,
 )
 from loadtest.measure import Check, checks_table
 from loadtest.stack import ROOT
@@ -55,6 +57,7 @@ BENCHMARKS: dict[str, Callable[[], list[Check]]] = {
     "coldstart": bench_coldstart.run,
     "priority": bench_priority.run,
     "video": bench_video.run,
+    "validate": validate.run,
 }
 
 

@@ -83,6 +83,9 @@ class PoolSpec:
     work: WorkSize = WorkSize()
     cold_start_s: float = 0.0
     gpus_per_worker: int = 1
+    # Cold starts of the workers started during the run, in start order (measured ones, replayed by
+    # ``loadtest.validate``); workers past the end of it take ``cold_start_s``.
+    cold_starts: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class Pool:
         self._last_change = 0.0
         self._gpu_since = 0.0
         self._held = 0  # jobs in the system (queued + running)
+        self._cold_started = 0
 
     @property
     def replicas(self) -> int:
@@ -237,7 +241,10 @@ class Pool:
         if warm:
             self._ready(worker)
         else:
-            self.env.timeout(self.spec.cold_start_s).callbacks.append(lambda _event: self._ready(worker))
+            recorded = self.spec.cold_starts[self._cold_started:self._cold_started + 1]
+            self._cold_started += 1
+            delay = recorded[0] if recorded else self.spec.cold_start_s
+            self.env.timeout(delay).callbacks.append(lambda _event: self._ready(worker))
 
     def _ready(self, worker: Worker) -> None:
         if worker.state != STARTING:

@@ -117,13 +117,18 @@ class LocalStack:
                                     "--maxmemory-policy", "noeviction"])
         self._checked("redis", lambda: wait_redis(self.redis_port, proc))
 
+    def spawn_worker(self, name: str = "worker",
+                     metrics_port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+        """``python -m worker`` without waiting for it (a scaler starts several); returns it and its /healthz URL."""
+        port = metrics_port or free_port()
+        env = {**self.worker_env, "VLQ_WORKER_REDIS_URL": self.redis_url, "VLQ_WORKER_ENGINE": self.engine,
+               "VLQ_WORKER_MODEL": self.model, "VLQ_WORKER_METRICS_PORT": str(port)}
+        return self.spawn(name, [sys.executable, "-m", "worker"], env), f"http://{LOOPBACK}:{port}/healthz"
+
     def start_worker(self, timeout_s: float = 900.0) -> None:
         """``python -m worker``; waits until its engine is loaded (a minute or more for vLLM on CPU)."""
-        env = {**self.worker_env, "VLQ_WORKER_REDIS_URL": self.redis_url, "VLQ_WORKER_ENGINE": self.engine,
-               "VLQ_WORKER_MODEL": self.model, "VLQ_WORKER_METRICS_PORT": str(self.metrics_port)}
-        proc = self.spawn("worker", [sys.executable, "-m", "worker"], env)
-        self._checked("worker", lambda: wait_http(f"http://{LOOPBACK}:{self.metrics_port}/healthz", proc, "worker",
-                                                  timeout_s))
+        proc, healthz = self.spawn_worker("worker", self.metrics_port)
+        self._checked("worker", lambda: wait_http(healthz, proc, "worker", timeout_s))
 
     def start_gateway(self, timeout_s: float = 60.0) -> None:
         """``python -m gateway`` with auth off and its L2 cache in the stack's temporary folder."""

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from tests.gateway.conftest import ThreadWorker
+from tests.gateway.conftest import INTERACTIVE_QUEUE, ThreadWorker
 from tests.gateway.test_request_path import post
 from worker.constants import CACHE_PREFIX, ENGINE_CALLS
 from worker.contract import ErrorCode
@@ -151,4 +151,4 @@ def test_job_finishing_between_lookup_and_enqueue_is_served_not_rerun(
     outcome = submit_module._enqueue_or_attach(backend, plan, None, Standing(0, None, True))
     assert isinstance(outcome, submit_module._JustCached)
     assert outcome.raw == answer.encode()
-    assert redis_client.llen("rq:queue:vlq-infer") == 0
+    assert redis_client.llen(f"rq:queue:{INTERACTIVE_QUEUE}") == 0

@@ -138,7 +138,7 @@ def test_control_accepted_request_writes_redis(client: TestClient, redis_client:
     response = post_image(client, image)
     assert response.status_code == 202, response.text
     written = {key.decode().rsplit(":", 1)[0] for key in redis_keys(redis_client)}
-    assert {"rq:job", "rq:queue", "vlq:req", "vlq:img"} <= written
+    assert {"rq:job", "rq:queue:vlq-infer", "vlq:req", "vlq:img"} <= written
 
 
 # --- request bodies: size and speed ------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def test_too_many_images(client: TestClient, refused: Check) -> None:
 
 
 _FIELD_ABUSE = {
-    "unknown-field": ([text_part("prompt", "hi"), text_part("model", "gpt-5")], "unexpected_field", "model"),
+    "unknown-field": ([text_part("prompt", "hi"), text_part("colour", "red")], "unexpected_field", "colour"),
     "repeated-field": ([text_part("prompt", "hi"), text_part("prompt", "again")], "unexpected_field", "prompt"),
     "file-in-wrong-field": ([text_part("prompt", "hi"), file_part(b"x", name="file")], "unexpected_field", "file"),
     "too-many-fields": ([text_part(f"f{n}", "1") for n in range(12)], "malformed_multipart", None),
@@ -443,7 +443,7 @@ _BAD_JSON_FIELDS = {
     "http-url": ({"images": ["https://example.com/cat.png"]}, "invalid_image_url", "images[0]"),
     "non-image-data-url": ({"images": ["data:text/html;base64,PGgxPmhpPC9oMT4="]}, "invalid_image_url", "images[0]"),
     "bad-base64": ({"images": ["data:image/png;base64,iVBOR!!!w0KGgo="]}, "invalid_base64", "images[0]"),
-    "unknown-field": ({"images": [], "model": "gpt-5"}, "invalid_parameter", "model"),
+    "unknown-field": ({"images": [], "colour": "red"}, "invalid_parameter", "colour"),
     "images-not-a-list": ({"images": "data:image/png;base64,AAAA"}, "invalid_parameter", "images"),
     "image-not-a-string": ({"images": [1]}, "invalid_parameter", "images[0]"),
 }

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from gateway.auth import hash_key
-from tests.gateway.conftest import ThreadWorker
+from tests.gateway.conftest import INTERACTIVE_QUEUE, ThreadWorker
 from tests.gateway.test_request_path import post
 from worker.constants import ENGINE_CALLS
 from worker.engine import InstantEngine
@@ -115,7 +115,7 @@ def test_idempotency_key_returns_the_same_request(client: TestClient, image_fact
     assert retry.status_code == 202
     assert retry.json()["request_id"] == first.json()["request_id"]
     assert retry.headers["x-cache"] == "IDEMPOTENT"
-    assert redis_client.llen("rq:queue:vlq-infer") == 1
+    assert redis_client.llen(f"rq:queue:{INTERACTIVE_QUEUE}") == 1
 
 
 def test_cancel_queued_request_never_reaches_the_engine(
@@ -129,7 +129,7 @@ def test_cancel_queued_request_never_reaches_the_engine(
     time.sleep(0.5)
     assert client.get(accepted["result_url"]).json()["status"] == "canceled"
     assert redis_client.get(ENGINE_CALLS) is None
-    assert redis_client.llen("rq:queue:vlq-infer") == 0
+    assert redis_client.llen(f"rq:queue:{INTERACTIVE_QUEUE}") == 0
 
 
 def test_cancel_running_request_aborts_it(client: TestClient, worker_factory: Callable[..., ThreadWorker],

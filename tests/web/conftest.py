@@ -23,6 +23,9 @@ from redis import Redis
 from gateway.auth import hash_key
 from tests.conftest import ROOT, ProcessGroup, RedisProcess, free_port
 from tests.e2e.test_stack import wait_http
+from worker.config import DEFAULT_MODEL
+from worker.contract import Priority
+from worker.rqjobs import queue_names
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -30,7 +33,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 INSTANT_DELAY_S = 1.5
 API_KEY = "vlq_browser-test-key-0123456789abcdef"
-QUEUE = "rq:queue:vlq-infer"
+# The interactive queue of the default model, which the stack's gateway and worker both serve.
+QUEUE = "rq:queue:" + queue_names(DEFAULT_MODEL)[Priority.INTERACTIVE]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 812}
 
