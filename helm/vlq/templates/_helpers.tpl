@@ -264,6 +264,7 @@ VLQ_WORKER_MAX_NUM_BATCHED_TOKENS: {{ $e.maxNumBatchedTokens | int64 | quote }}
 VLQ_WORKER_MAX_NUM_SEQS: {{ $e.maxNumSeqs | int64 | quote }}
 VLQ_WORKER_GPU_MEMORY_UTILIZATION: {{ $e.gpuMemoryUtilization | quote }}
 VLQ_WORKER_LIMIT_MM_IMAGES: {{ $e.limitMmImages | int64 | quote }}
+VLQ_WORKER_LIMIT_MM_VIDEOS: {{ $e.limitMmVideos | default 0 | int64 | quote }}
 VLQ_WORKER_ENFORCE_EAGER: {{ $e.enforceEager | quote }}
 VLQ_WORKER_TRUST_REMOTE_CODE: {{ $e.trustRemoteCode | quote }}
 # LoRA adapters (name -> path or hub id); {} turns LoRA off. Requests name them "<served name>:<adapter>".
