@@ -98,8 +98,10 @@ def main() -> None:
                              "--dir", str(data.resolve()), "--appendonly", "yes", "--save", "",
                              "--maxmemory-policy", "noeviction"], {})
     procs.append(redis)
+    # The local worker answers video questions too (a video budget adds some seconds to its start).
     worker_env = {"VLQ_WORKER_REDIS_URL": redis_url, "VLQ_WORKER_MODEL": model,
-                  "VLQ_WORKER_METRICS_PORT": str(opts.metrics_port)}
+                  "VLQ_WORKER_METRICS_PORT": str(opts.metrics_port),
+                  "VLQ_WORKER_LIMIT_MM_VIDEOS": os.environ.get("VLQ_WORKER_LIMIT_MM_VIDEOS", "1")}
     gateway_env = {"VLQ_GATEWAY_REDIS_URL": redis_url, "VLQ_GATEWAY_MODEL": os.environ.get("VLQ_GATEWAY_MODEL", model),
                    "VLQ_GATEWAY_HOST": opts.host, "VLQ_GATEWAY_PORT": str(opts.port),
                    "VLQ_GATEWAY_AUTH_ENABLED": os.environ.get("VLQ_GATEWAY_AUTH_ENABLED", "false")}
