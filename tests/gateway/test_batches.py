@@ -14,10 +14,12 @@ from typing import Any
 
 import openai
 import pytest
+from fastapi.testclient import TestClient
 from redis import Redis
 from rq.registry import FinishedJobRegistry
 
 from gateway import batches
+from gateway.app import create_app
 from gateway.auth import hash_key
 from gateway.backend import connect
 from tests.gateway.conftest import BATCH_QUEUE, INTERACTIVE_QUEUE, MODEL, ServerFactory, ThreadWorker, sdk
@@ -101,17 +103,19 @@ def test_a_batch_runs_its_lines_at_batch_priority_and_writes_openai_files(
 
 
 def test_a_gateway_restart_mid_batch_loses_nothing_and_repeats_nothing(
-        server_factory: ServerFactory, worker_factory: Callable[..., ThreadWorker], redis_client: Redis) -> None:
-    # No worker yet, and at most 3 lines open: the first gateway submits 3 and waits.
-    first = sdk(server_factory(**FAST, batch_max_open_lines=3))
-    batch = start(first, upload(first, jsonl(*(line(f"q{n}", f"question {n}") for n in range(6)))))
-    deadline = time.monotonic() + 10
-    while redis_client.llen(f"rq:queue:{BATCH_QUEUE}") < 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert redis_client.llen(f"rq:queue:{BATCH_QUEUE}") == 3
-    # A second gateway (the first one's driver keeps its lock-free turns too) and a worker finish the batch.
+        settings_factory: Callable[..., Any], server_factory: ServerFactory,
+        worker_factory: Callable[..., ThreadWorker], redis_client: Redis) -> None:
+    # No worker yet, and at most 3 lines open: the first gateway submits 3, waits, and is shut down.
+    with TestClient(create_app(settings_factory(**FAST, batch_max_open_lines=3))) as gateway:
+        first = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=gateway, max_retries=0)
+        batch = start(first, upload(first, jsonl(*(line(f"q{n}", f"question {n}") for n in range(6)))))
+        deadline = time.monotonic() + 10
+        while redis_client.llen(f"rq:queue:{BATCH_QUEUE}") < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert redis_client.llen(f"rq:queue:{BATCH_QUEUE}") == 3
+    # Nothing of the batch lived in that process: a new gateway and a worker finish it, each line once.
     second = sdk(server_factory(**FAST, batch_max_open_lines=3))
     worker_factory()
     done = wait_status(second, batch.id, {"completed"})
