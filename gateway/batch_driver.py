@@ -57,6 +57,8 @@ class _Step:
     errors: list[str] = dataclasses.field(default_factory=list)
     opened: dict[int, str] = dataclasses.field(default_factory=dict)
     closed: list[int] = dataclasses.field(default_factory=list)
+    # Request ids of the lines still open once this step collected the ended ones.
+    pending: list[str] = dataclasses.field(default_factory=list)
     completed: int = 0
     failed: int = 0
     # (lines read, byte offset after them) once the step read input; None if it read none.
@@ -140,6 +142,8 @@ class Driver:
         for (number, (custom_id, request_id)), result in zip(known, ended, strict=True):
             if result is not None:
                 self._line_ended(step, number, custom_id, request_id, result)
+            else:
+                step.pending.append(request_id)
         step.closed.extend(n for n, entry in zip(numbers, entries, strict=True) if entry is None)
 
     def _line_ended(self, step: _Step, number: int, custom_id: str, request_id: str, result: JobResult) -> None:
@@ -159,8 +163,7 @@ class Driver:
 
     async def _submit(self, batch: Batch, step: _Step) -> None:
         settings = self.backend.settings
-        open_now = await self.backend.aredis.scard(batches.open_key(batch.batch_id)) - len(step.closed)
-        room = min(settings.batch_max_open_lines - open_now, settings.batch_step_lines)
+        room = min(settings.batch_max_open_lines - len(step.pending), settings.batch_step_lines)
         if room <= 0:
             return
         lines, size = await self._read_lines(batch, room)
@@ -228,15 +231,9 @@ class Driver:
 
     async def _stop(self, batch: Batch, step: _Step, stop: str) -> None:
         _, code, message = _STOPS[stop]
-        redis = self.backend.aredis
-        numbers = [int(as_text(raw)) for raw in await redis.smembers(batches.open_key(batch.batch_id))]
-        still_open = [n for n in numbers if n not in set(step.closed)]
-        entries = batches.read_entries(await redis.hmget(batches.lines_key(batch.batch_id), still_open)
-                                       if still_open else [])
-        for entry in entries:
-            if entry is not None:
-                with _quiet():
-                    await results.cancel(self.backend, entry[1], batch.record.tenant)
+        for request_id in step.pending:
+            with _quiet():
+                await results.cancel(self.backend, request_id, batch.record.tenant)
         lines, size = await self._read_lines(batch, self.backend.settings.batch_step_lines)
         for number, text, end in lines:
             custom_id = _custom_id_of(text)
