@@ -70,9 +70,13 @@ def test_an_idle_claim_wakes_for_interactive_work_even_when_batch_is_tried_first
     import time
 
     queues = open_queues(redis_client, "m")
-    threading.Timer(0.2, lambda: queues[INT].enqueue(INFER_FUNC, job={}, job_id="late")).start()
+    late = threading.Timer(0.2, lambda: queues[INT].enqueue(INFER_FUNC, job={}, job_id="late"))
+    late.start()
     started = time.monotonic()
     claimed = claim_next([(B, queues[B]), (INT, queues[INT])], Scripts(redis_client), "w", heartbeat_ttl_s=30,
                          block_s=3)
+    # The claim can wake before the enqueuing thread has read its EXEC reply; let it finish before the
+    # fixture closes the connection pool under it (CI saw that race land in the next test).
+    late.join(timeout=5)
     assert claimed is not None and claimed.job.id == "late"
     assert time.monotonic() - started < 1.0
