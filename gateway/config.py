@@ -141,6 +141,9 @@ class GatewaySettings(BaseSettings):
     video_sample_fps: float = Field(default=2.0, gt=0)
     video_max_sample_fps: float = Field(default=4.0, gt=0)
     video_max_sample_frames: int = Field(default=7200, ge=1)
+    # A video longer than one window (``video.window_s``) becomes one job per window and a merge job; this
+    # many windows at most per request (an hour at the default 60 s is 60).
+    video_max_windows: int = Field(default=120, ge=1, le=3600)
     # Kept frames are shrunk so that their long edge is at most this (JPEG; what the model gets anyway).
     video_frame_long_edge: int = Field(default=448, ge=32, le=4096)
     # A decode taking longer is refused (422) and nothing is stored; at most this many decode at once. On 2

@@ -291,7 +291,8 @@ async def _chunks(items: AsyncIterator[Item], reply: Reply, http_id: str | None)
     yield _data(reply.chunk({"role": "assistant", "content": ""}))
     transcript = _Transcript()
     async for item in items:
-        if item is KEEPALIVE or item.kind == "queued":
+        # OpenAI's chunks have no place for where a job stands (queued, a long video's windows ending).
+        if item is KEEPALIVE or item.kind in ("queued", "progress"):
             yield b": keepalive\n\n"
             continue
         if item.kind == "running":

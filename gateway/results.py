@@ -14,7 +14,9 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from rq.job import Job
+from pydantic import ValidationError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
 
@@ -23,7 +25,7 @@ from gateway.backend import Backend
 from gateway.errors import GoneError, NotFoundError
 from worker.completion import Ending, end_job, result_key
 from worker.constants import CANCEL_PREFIX
-from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState, RequestRecord
+from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState, RequestRecord, WindowRef
 
 _QUEUED = {b"queued", b"scheduled", b"deferred", b"created"}
 
@@ -131,21 +133,39 @@ async def cancel(backend: Backend, request_id: str, tenant: str) -> View:
     if current.state.is_final or current.job_id is None:
         return current
     if await records.cancel(backend.aredis, request_id, current.job_id) <= 0:
-        await run_in_threadpool(_stop_job, backend, current.job_id)
+        payload = await run_in_threadpool(stop_job, backend, current.job_id)
+        if payload is not None:
+            # A long video's merge job: every window it waits for is withdrawn too.
+            await withdraw(backend, payload.windows)
     return await view(backend, request_id, tenant)
 
 
-def _stop_job(backend: Backend, job_id: str) -> None:
+async def withdraw(backend: Backend, windows: list[WindowRef]) -> None:
+    """Withdraw the internal requests holding these windows; a window no request wants any more stops."""
+    for window in windows:
+        if (window.job_id is not None and window.request_id is not None
+                and await records.cancel(backend.aredis, window.request_id, window.job_id) <= 0):
+            await run_in_threadpool(stop_job, backend, window.job_id)
+
+
+def stop_job(backend: Backend, job_id: str) -> InferJob | None:
+    """Stop a job no request wants: dequeued (or, deferred, taken off its dependencies) and ended canceled
+    here, or flagged for the worker running it to abort. Returns its payload (None if it is gone). Blocking."""
     redis = backend.redis
     redis.set(CANCEL_PREFIX + job_id, 1, ex=backend.settings.request_ttl_s)
-    if not any(redis.lrem(queue.key, 1, job_id) for queue in backend.all_queues):
-        return  # already running: the worker sees the flag and aborts the generation
-    job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
-    payload = InferJob.model_validate(job.kwargs.get("job"))
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+        payload = InferJob.model_validate(job.kwargs.get("job"))
+    except (NoSuchJobError, ValidationError, TypeError):
+        return None
+    dequeued = any(redis.lrem(queue.key, 1, job_id) for queue in backend.all_queues)
+    if not dequeued and job.get_status(refresh=True) != JobStatus.DEFERRED:
+        return payload  # already running: the worker sees the flag and aborts the generation
     result = JobResult(state=JobState.CANCELED, finished_at=time.time(), model=payload.model,
                        error=JobError(code=ErrorCode.CANCELED, message="the request was canceled"))
     end_job(redis, Ending(job_id=job_id, result=result, payload=payload), job, None, "gateway",
             scripts=backend.scripts)
+    return payload
 
 
 async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: float) -> View:

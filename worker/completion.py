@@ -15,11 +15,12 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.executions import Execution
 from rq.job import Job, JobStatus
-from rq.registry import CanceledJobRegistry
+from rq.registry import CanceledJobRegistry, DeferredJobRegistry
 from rq.utils import now
 from rq.worker import Worker
 
 from cache.tiers import near_member
+from worker import merges
 from worker.constants import (
     CACHE_PREFIX,
     CACHED_CHANNEL,
@@ -66,10 +67,13 @@ def end_job(redis: Redis, ending: Ending, job: Job, execution: Execution | None,
             rq_worker: Worker | None = None, scripts: Scripts | None = None) -> bool:
     """Publish the result and do RQ's bookkeeping in one MULTI, so no client ever reads a result that
     ``rq info`` still shows running. True if this call wrote the result (the first writer wins)."""
+    scripts = scripts or Scripts(redis)
     with redis.pipeline() as pipe:
-        _publish(pipe, scripts or Scripts(redis), ending)
+        _publish(pipe, scripts, ending)
         _rq_bookkeeping(pipe, redis, job, execution, ending.result, worker_name, rq_worker)
-        return bool(pipe.execute()[0])
+        written = bool(pipe.execute()[0])
+    _after_end(redis, scripts, job, ending.result)
+    return written
 
 
 def record_in_rq(redis: Redis, job: Job, execution: Execution | None, result: JobResult,
@@ -78,6 +82,14 @@ def record_in_rq(redis: Redis, job: Job, execution: Execution | None, result: Jo
     with redis.pipeline() as pipe:
         _rq_bookkeeping(pipe, redis, job, execution, result, worker_name, None)
         pipe.execute()
+    _after_end(redis, Scripts(redis), job, result)
+
+
+def _after_end(redis: Redis, scripts: Scripts, job: Job, result: JobResult) -> None:
+    """A window job's end counts towards the merge jobs waiting for it (after RQ recorded it ended, which
+    is what their release reads)."""
+    if merges.is_window(job):
+        merges.window_ended(redis, scripts, job.id, result.state.value)
 
 
 def _publish(client: Redis | Pipeline, scripts: Scripts, ending: Ending) -> Any:
@@ -122,6 +134,8 @@ def _rq_bookkeeping(pipe: Pipeline, redis: Redis, job: Job, execution: Execution
         job.cleanup(job.result_ttl or 3600, pipeline=pipe, remove_from_queue=False)
     elif result.state is JobState.CANCELED:
         job.set_status(JobStatus.CANCELED, pipeline=pipe)
+        # A merge job canceled while it waited for its windows leaves the deferred registry too.
+        DeferredJobRegistry(job.origin, connection=redis).remove(job, pipeline=pipe)
         CanceledJobRegistry(job.origin, connection=redis).add(job, pipeline=pipe)
     else:
         job.set_status(JobStatus.FAILED, pipeline=pipe)

@@ -102,3 +102,6 @@ JOB_HOOKS_PREFIX: Final = "vlq:job-hooks:"
 # Durable log (Redis Stream) of ended jobs that someone asked to hear about; gateways read it in a consumer
 # group (``gateway.webhooks``) so that an end is delivered even if every gateway was down when it happened.
 ENDED_STREAM: Final = "vlq:ended"
+# Hash per merge job of a long video: windows in total, ended so far, and each window still awaited
+# (worker.merges owns it).
+MERGE_PREFIX: Final = "vlq:merge:"

@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 log = logging.getLogger("vlq.contract")
 
-CONTRACT_VERSION = 2
+# 3: merge jobs (``InferJob.windows``) and window jobs (``InferJob.window``) of long videos; a v2 worker
+# would run a merge job as an inference, so it refuses v3 jobs instead.
+CONTRACT_VERSION = 3
 _warned: set[tuple[str, str]] = set()
 
 
@@ -151,6 +153,22 @@ class VideoClip(Tolerant):
         return self
 
 
+class Span(Tolerant):
+    """A stretch of a video, in seconds from its start."""
+
+    start_s: float = Field(ge=0)
+    end_s: float = Field(ge=0)
+
+
+class WindowRef(Span):
+    """One window of a merge job: the job answering it (with the internal request that holds it, so a cancel
+    reaches it), or the answer the cache already had."""
+
+    job_id: str | None = None
+    request_id: str | None = None
+    output: InferOutput | None = None
+
+
 class Message(Tolerant):
     """One turn of a conversation, with every image in its place."""
 
@@ -206,6 +224,11 @@ class InferJob(Tolerant):
     adapter: str | None = None
     # Videos the conversation's video parts index (contract v2 readers without videos see none).
     videos: list[VideoClip] = Field(default_factory=list)
+    # A window job of a long video: the stretch its clip covers. Its end counts towards the merge jobs that
+    # wait on it, and a failed window is retried (``retries_left``) before it ends failed.
+    window: Span | None = None
+    # A merge job: no engine call, it combines these windows' answers into one timeline (``segments``).
+    windows: list[WindowRef] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _messages_from_prompt(self) -> InferJob:
@@ -230,6 +253,9 @@ class InferOutput(Tolerant):
     json_value: Any = Field(default=None, alias="json", serialization_alias="json")
     finish_reason: str | None
     usage: Usage
+    # A long video's answer: one segment per window, in time order; ``partial`` if a window failed.
+    segments: list[Segment] | None = None
+    partial: bool | None = None
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 
@@ -239,6 +265,13 @@ class JobError(Tolerant):
 
     code: str
     message: str
+
+
+class Segment(Span):
+    """One window's part of a long video's answer: its text, or why the window has none."""
+
+    text: str | None = None
+    error: JobError | None = None
 
 
 class Timings(Tolerant):
@@ -290,6 +323,8 @@ class StreamEvent(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DELTA = "delta"
+    # A window of a long video ended (``{"done": k, "total": n, "state": ..., "window": {start_s, end_s}}``).
+    PROGRESS = "progress"
     DONE = "done"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -297,7 +332,7 @@ class StreamEvent(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        return self not in (StreamEvent.QUEUED, StreamEvent.RUNNING, StreamEvent.DELTA)
+        return self not in (StreamEvent.QUEUED, StreamEvent.RUNNING, StreamEvent.DELTA, StreamEvent.PROGRESS)
 
 
 class VideoFrame(Tolerant):

@@ -9,6 +9,7 @@ from typing import Any
 
 from worker.completion import Ending
 from worker.contract import (
+    CacheMode,
     ErrorCode,
     ImagePart,
     InferJob,
@@ -17,8 +18,10 @@ from worker.contract import (
     JobResult,
     JobState,
     Role,
+    Segment,
     Timings,
     Usage,
+    WindowRef,
 )
 from worker.engine import EngineOutput
 from worker.presets import Task, gui_boxes_to_pixels
@@ -39,6 +42,72 @@ def done(job_id: str, payload: InferJob, output: EngineOutput, started: float, e
                         first_delta_s=round(first_delta_at - payload.enqueued_at, 4) if first_delta_at else None),
         phashes=payload.phashes)
     return Ending(job_id=job_id, result=result, payload=payload)
+
+
+def merged(job_id: str, payload: InferJob, ends: list[JobResult | None], started: float) -> Ending:
+    """A long video's answer from its windows' (``ends``: each window's result, None if it is gone): one
+    segment per window and a timeline as the text. A failed window is named in its segment and makes the
+    answer ``partial`` (not cached, so asking again runs that window again); if every window failed, so does
+    the request."""
+    segments = [_segment(window, end) for window, end in zip(payload.windows, ends, strict=True)]
+    answered = [(window, end) for window, end in zip(payload.windows, _outputs(payload.windows, ends), strict=True)
+                if end is not None]
+    failed_at = [segment for segment in segments if segment.text is None]
+    if not answered:
+        spans = ", ".join(_clock(segment) for segment in failed_at[:5])
+        first = failed_at[0].error if failed_at and failed_at[0].error else None
+        return ended(job_id, payload, JobState.FAILED, ErrorCode.ENGINE_ERROR,
+                     f"every window of the video failed ({spans}{', ...' if len(failed_at) > 5 else ''})"
+                     + (f": {first.code}: {first.message}" if first else ""), started)
+    now = time.time()
+    text = "\n".join(_line(segment) for segment in segments)
+    finish = "length" if any(output.finish_reason == "length" for _, output in answered) else "stop"
+    usage = Usage(prompt_tokens=sum(output.usage.prompt_tokens for _, output in answered),
+                  completion_tokens=sum(output.usage.completion_tokens for _, output in answered))
+    result = JobResult(
+        state=JobState.DONE, model=payload.model, finished_at=now,
+        result=InferOutput(text=text, finish_reason=finish, usage=usage, segments=segments,
+                           partial=bool(failed_at)),
+        timings=Timings(queue_wait_s=round(started - payload.enqueued_at, 4),
+                        total_s=round(now - payload.enqueued_at, 4)))
+    # A partial answer is not cached: the windows that answered are, each under its own key.
+    kept = payload if not failed_at else payload.model_copy(update={"cache_mode": CacheMode.OFF})
+    return Ending(job_id=job_id, result=result, payload=kept)
+
+
+def _outputs(windows: list[WindowRef], ends: list[JobResult | None]) -> list[InferOutput | None]:
+    return [window.output if window.output is not None
+            else end.result if end is not None and end.state is JobState.DONE else None
+            for window, end in zip(windows, ends, strict=True)]
+
+
+def _segment(window: WindowRef, end: JobResult | None) -> Segment:
+    output = _outputs([window], [end])[0]
+    if output is not None:
+        return Segment(start_s=window.start_s, end_s=window.end_s, text=output.text)
+    error = (end.error if end is not None and end.error is not None
+             else JobError(code=end.state.value if end is not None else ErrorCode.RESULT_EXPIRED.value,
+                           message="the window has no answer"))
+    return Segment(start_s=window.start_s, end_s=window.end_s, error=error)
+
+
+def _line(segment: Segment) -> str:
+    """A segment as a line of the timeline: ``[01:00-02:00] text``."""
+    code = segment.error.code if segment.error else "failed"
+    said = segment.text if segment.text is not None else f"(no answer: {code})"
+    return f"[{_clock(segment)}] {said}"
+
+
+def _clock(span: Segment) -> str:
+    return f"{_hms(span.start_s)}-{_hms(span.end_s)}"
+
+
+def _hms(seconds: float) -> str:
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    clock = f"{rest // 60:02d}:{rest % 60:02d}" if not hours else f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    fraction = seconds - whole
+    return clock + (f"{fraction:.1f}".lstrip("0") if fraction >= 0.05 else "")
 
 
 def ended(job_id: str, payload: InferJob | None, state: JobState, code: ErrorCode, message: str,

@@ -119,3 +119,12 @@ def requeue_unfinished(claimed: Claimed) -> None:
         claimed.execution.delete(job, pipeline=pipe)
         queue._enqueue_job(job, pipeline=pipe, at_front=True)
         pipe.execute()
+
+
+def retry_window(claimed: Claimed) -> None:
+    """Put a failed window job back on its queue, one retry fewer (RQ's ``Job.retry``), instead of ending it."""
+    job, queue = claimed.job, claimed.queue
+    with queue.connection.pipeline() as pipe:
+        claimed.execution.delete(job, pipeline=pipe)
+        job.retry(queue, pipe)
+        pipe.execute()

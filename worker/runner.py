@@ -22,13 +22,13 @@ from rq.worker import Worker
 
 from worker import capacity, endings, events, metrics
 from worker.claims import ClaimRule
-from worker.completion import Ending, end_job
+from worker.completion import Ending, end_job, result_key
 from worker.config import WorkerSettings
 from worker.constants import CANCEL_PREFIX, ENGINE_CALLS, IMAGE_PREFIX, INFER_FUNC, MAX_INFLIGHT_SEEN
-from worker.contract import CONTRACT_VERSION, ErrorCode, InferJob, JobState, Priority, StreamEvent
+from worker.contract import CONTRACT_VERSION, ErrorCode, InferJob, JobResult, JobState, Priority, StreamEvent
 from worker.deltas import DeltaBuffer
 from worker.engine import Engine, EngineError, EngineOutput, EngineRequest, VideoInput
-from worker.rqjobs import Claimed, claim_next, heartbeat, open_queues, requeue_unfinished
+from worker.rqjobs import Claimed, claim_next, heartbeat, open_queues, requeue_unfinished, retry_window
 from worker.scripts import Scripts
 
 log = logging.getLogger("vlq.worker")
@@ -197,6 +197,8 @@ class Runner:
         refusal = self._refuse(payload, job.id, started)
         if refusal is not None:
             return refusal
+        if payload.windows:
+            return await asyncio.to_thread(self._merge, job.id, payload, started)
         canceled, media = await asyncio.to_thread(self._start_job, job.id, payload)
         if canceled:
             return endings.canceled(job.id, payload, started)
@@ -216,6 +218,20 @@ class Runner:
             return endings.ended(job_id, payload, JobState.EXPIRED, ErrorCode.DEADLINE_EXCEEDED,
                                  "the request's deadline passed before a worker could start it", started)
         return None
+
+    def _merge(self, job_id: str, payload: InferJob, started: float) -> Ending:
+        """A merge job: its windows' results, read in one round trip, combined without the engine."""
+        waited = [window.job_id for window in payload.windows if window.output is None and window.job_id]
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(CANCEL_PREFIX + job_id)
+            pipe.mget([result_key(window_id) for window_id in waited] or [result_key("")])
+            canceled, raws = pipe.execute()
+        if canceled:
+            return endings.canceled(job_id, payload, started)
+        found = dict(zip(waited, raws, strict=False))
+        ends = [JobResult.model_validate_json(raw) if (raw := found.get(window.job_id or "")) else None
+                for window in payload.windows]
+        return endings.merged(job_id, payload, ends, started)
 
     def _start_job(self, job_id: str, payload: InferJob) -> tuple[bool, _Media | None]:
         """(canceled?, the images and video frames or None if one expired), and the ``running`` event, in one
@@ -283,6 +299,12 @@ class Runner:
             return bool(pipe.execute()[0])
 
     async def _finish(self, claimed: Claimed, ending: Ending) -> None:
+        if _retried_window(claimed, ending):
+            self.deltas.drop(claimed.job.id)
+            await asyncio.to_thread(retry_window, claimed)
+            log.warning("window job %s failed (%s); retried", claimed.job.id,
+                        ending.result.error.code if ending.result.error else ending.result.state.value)
+            return
         # The job's last streamed text goes with its terminal event, in order after every earlier flush.
         async with self.deltas.lock:
             tail = self.deltas.take(claimed.job.id)
@@ -305,6 +327,17 @@ class Runner:
                 log.warning("cannot reach Redis to finish job %s (%s); retrying", claimed.job.id,
                             type(exc).__name__)
                 time.sleep(1.0)
+
+
+# A window that failed for one of these may answer on a second try (another worker, a calmer engine).
+_RETRIED = frozenset({ErrorCode.ENGINE_ERROR.value, ErrorCode.ENGINE_OOM.value, ErrorCode.TIMEOUT.value})
+
+
+def _retried_window(claimed: Claimed, ending: Ending) -> bool:
+    """A failed window job is tried again while it has retries left; the request then waits for it."""
+    error = ending.result.error
+    return (ending.payload is not None and ending.payload.window is not None and bool(claimed.job.retries_left)
+            and ending.result.state is JobState.FAILED and error is not None and error.code in _RETRIED)
 
 
 def _payload(func_name: str, raw: object) -> InferJob | tuple[ErrorCode, str]:

@@ -13,7 +13,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import AsyncScript, Script
 
-_WITH_EVENTS = frozenset({"append", "finish"})
+_WITH_EVENTS = frozenset({"append", "finish", "window_done"})
 
 
 @cache
@@ -35,6 +35,7 @@ class Scripts:
         self.requeue_popped: Script = redis.register_script(source("requeue_popped"))
         self.keep_bytes: Script = redis.register_script(source("keep_bytes"))
         self.claim: Script = redis.register_script(source("claim"))
+        self.window_done: Script = redis.register_script(source("window_done"))
 
 
 class AsyncScripts:

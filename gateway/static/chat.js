@@ -217,6 +217,9 @@ export class Chat {
     if (TERMINAL.has(event.event)) return this.ended(turn, data);
     if (event.event === "queued" && turn.state !== "running") {
       Object.assign(turn, { state: "queued", position: data.position ?? null, eta_s: data.eta_s ?? null, warming: Boolean(data.warming) });
+    } else if (event.event === "progress") {
+      // A long video answered as windows: one event per window that ended.
+      Object.assign(turn, { state: "running", windows_done: data.done ?? null, windows_total: data.total ?? null });
     } else if (event.event === "running") {
       Object.assign(turn, { state: "running", warming: false, started_at: Date.now() });
     } else if (event.event === "delta") {

@@ -68,7 +68,8 @@ export function statusText(turn) {
     case "uploading": text = "uploading images…"; break;
     case "sending": text = "sending…"; break;
     case "queued": text = queued(turn); break;
-    case "running": text = "running"; break;
+    case "running": text = typeof turn.windows_total === "number"
+      ? `running · window ${turn.windows_done}/${turn.windows_total} done` : "running"; break;
     case "error": text = `not sent · ${inWords(turn.error && turn.error.code, turn.error && turn.error.message)}`; break;
     default: text = ended(turn);
   }

@@ -1,0 +1,323 @@
+"""A request's plan (its exact cache key and what its job carries) and the one transaction that attaches it to
+the identical job in flight or enqueues its job.
+
+Used by ``gateway.submit`` for every request and by ``gateway.windows`` for the window and merge jobs of a long
+video, so coalescing, quotas and idempotency are the same for both.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+from rq.job import Dependency, Job, JobStatus, Retry
+
+from cache.codec import as_bytes, as_text
+from cache.keys import cache_key, near_bucket
+from gateway import eta, media, metrics, models, records, webhooks
+from gateway.backend import Backend
+from gateway.errors import TooManyRequestsError
+from gateway.intake import Submission
+from gateway.messages import ImageInput
+from worker import events, merges
+from worker.constants import INFER_FUNC, INFLIGHT_PREFIX, TENANT_INFLIGHT_PREFIX
+from worker.contract import (
+    CONTRACT_VERSION,
+    CacheMode,
+    ImagePart,
+    ImageRef,
+    InferJob,
+    Priority,
+    RequestRecord,
+    Span,
+    StreamEvent,
+    TextPart,
+    VideoClip,
+    VideoPart,
+    WindowRef,
+)
+
+_PENDING_RQ_STATES = (b"queued", b"started", b"scheduled", b"deferred")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The request is queued (MISS) or attached to an identical job in flight (COALESCED)."""
+
+    request_id: str
+    job_id: str
+    x_cache: str
+    digests: list[str]
+    # Where a new job stood when it was enqueued (None for one attached to a job already in flight).
+    standing: eta.Standing | None = None
+    # The served model whose pool runs the job.
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """An ``Idempotency-Key`` seen before: the request it created."""
+
+    request_id: str
+    x_cache: str = "IDEMPOTENT"
+
+
+@dataclass
+class PlanImage:
+    """One image of the request once its digest is known; ``ref`` once its metadata is."""
+
+    source: ImageInput
+    digest: str
+    data: bytes | None = None
+    ref: ImageRef | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    request_id: str
+    tenant: str
+    key: str
+    bucket: str
+    images: list[PlanImage]
+    submission: Submission
+    idem_key: str | None
+    target: models.Target
+    videos: list[VideoClip]
+    # False for Batch API lines: the batch driver meters them (batch_max_open_lines) instead of the
+    # tenant's interactive in-flight quota, which a batch of thousands would otherwise fill.
+    in_quota: bool = True
+    # A window job of a long video: the stretch it answers about (``gateway.windows``).
+    span: Span | None = None
+    # A merge job of a long video: its windows (``gateway.windows``).
+    windows: list[WindowRef] = field(default_factory=list)
+
+    @property
+    def webhook_url(self) -> str | None:
+        """A window job is internal: the request's webhook fires on its merge job."""
+        return None if self.span is not None else self.submission.params.webhook_url
+
+    @property
+    def priority(self) -> Priority:
+        return self.submission.params.priority
+
+    @property
+    def digests(self) -> list[str]:
+        return [image.digest for image in self.images]
+
+
+def new_request_id() -> str:
+    """Random and unguessable (128 bits): knowing one request id tells nothing about another."""
+    return secrets.token_urlsafe(16)
+
+
+def _key_part(part: TextPart | ImagePart | VideoPart, images: list[PlanImage], videos: list[VideoClip],
+              windowed: tuple[int, float] | None) -> dict[str, Any]:
+    """A part as the cache key sees it: images by digest, videos by their frames' digests and times (and the
+    window length of one answered as windows: the windows decide the answer)."""
+    if isinstance(part, ImagePart):
+        return {"type": "image", "digest": images[part.image].digest}
+    if isinstance(part, VideoPart):
+        chosen = videos[part.video]
+        key: dict[str, Any] = {"type": "video", "frames": chosen.frames, "times": chosen.times}
+        if windowed is not None and windowed[0] == part.video:
+            key["window_s"] = windowed[1]
+        return key
+    return {"type": "text", "text": part.text}
+
+
+def build(backend: Backend, submission: Submission, tenant: str, images: list[PlanImage],
+          idem_key: str | None, target: models.Target | None = None, in_quota: bool = True,
+          videos: list[VideoClip] | None = None, windowed: tuple[int, float] | None = None,
+          span: Span | None = None) -> Plan:
+    """The plan of a request (or of one window of it: ``span``); ``windowed`` (video index, window length)
+    for a request answered as windows."""
+    settings = backend.settings
+    target = target or models.resolve(settings, submission.params.model)
+    videos = videos or []
+    conversation = [{"role": message.role.value,
+                     "content": [_key_part(part, images, videos, windowed) for part in message.content]}
+                    for message in submission.messages]
+    common: dict[str, Any] = {
+        "scope": "shared" if settings.shared_cache else f"tenant:{tenant}", "model": target.name,
+        "conversation": conversation, "task": submission.task.value,
+        "response_format": submission.response_format.model_dump(mode="json"),
+        "sampling": submission.sampling.model_dump(mode="json")}
+    return Plan(request_id=new_request_id(), tenant=tenant, key=cache_key(**common), bucket=near_bucket(**common),
+                images=images, submission=submission, idem_key=idem_key, target=target, in_quota=in_quota,
+                videos=videos, span=span)
+
+
+@dataclass(frozen=True)
+class JustCached:
+    """The identical job finished between the first cache lookup and the enqueue transaction."""
+
+    raw: bytes
+
+
+def enqueue_or_attach(backend: Backend, plan: Plan, phashes: list[str] | None,
+                       standing: eta.Standing) -> Accepted | Replayed | JustCached:
+    """One optimistic transaction (WATCH/MULTI): attach, or store everything and enqueue. Blocking.
+
+    Watching the in-flight marker, the L1 entry, the idempotency key and the tenant's in-flight set makes
+    coalescing, idempotency and the quota exact however many gateway replicas race.
+    """
+    coalesce = plan.submission.params.cache is not CacheMode.OFF
+    inflight_key = INFLIGHT_PREFIX + plan.key
+    l1_key = backend.cache.l1_key(plan.key)
+    watched = [k for k in (inflight_key if coalesce else None, l1_key if coalesce else None,
+                           plan.idem_key, TENANT_INFLIGHT_PREFIX + plan.tenant) if k]
+    with backend.redis.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(*watched)  # type: ignore[no-untyped-call]
+                return _attach_or_enqueue(pipe, backend, plan, coalesce, phashes, standing)
+            except WatchError:
+                continue
+
+
+def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: Plan, coalesce: bool, phashes: list[str] | None,
+                       standing: eta.Standing) -> Accepted | Replayed | JustCached:
+    if plan.idem_key is not None and (seen := pipe.get(plan.idem_key)) is not None:
+        pipe.reset()
+        return Replayed(request_id=as_text(seen))
+    # The worker's finish script fills L1 and clears the in-flight marker atomically, so with both watched
+    # this sees the job running (attach), or its answer (serve it), never neither.
+    if coalesce and (cached := pipe.get(backend.cache.l1_key(plan.key))) is not None:
+        pipe.reset()
+        return JustCached(raw=as_bytes(cached))
+    existing = _live_job(pipe, INFLIGHT_PREFIX + plan.key) if coalesce else None
+    if existing is not None:
+        pipe.multi()
+        _record(pipe, backend, plan, existing, "COALESCED")
+        records.attach(pipe, existing, plan.request_id)
+        _watch_end(pipe, backend, plan, existing)
+        pipe.execute()
+        metrics.COALESCED.inc()
+        return Accepted(request_id=plan.request_id, job_id=existing, x_cache="COALESCED", digests=plan.digests,
+                        model=plan.target.model)
+    if plan.in_quota:
+        _check_quota(pipe, backend, plan.tenant)
+    waiting = _waiting_windows(pipe, backend, plan)
+    job_id = _enqueue(pipe, backend, plan, coalesce, phashes, standing, waiting)
+    metrics.CACHE_MISSES.inc()
+    return Accepted(request_id=plan.request_id, job_id=job_id, x_cache="MISS", digests=plan.digests,
+                    standing=standing, model=plan.target.model)
+
+
+def _check_quota(pipe: Pipeline, backend: Backend, tenant: str) -> None:
+    limit = backend.settings.tenant_max_inflight
+    if limit and int(pipe.zcard(TENANT_INFLIGHT_PREFIX + tenant)) >= limit:
+        pipe.reset()
+        raise TooManyRequestsError("inflight_quota", f"this tenant already has {limit} requests in flight",
+                                   None, {"Retry-After": "5"})
+
+
+def _waiting_windows(pipe: Pipeline, backend: Backend, plan: Plan) -> dict[str, Span]:
+    """A merge job's windows still pending (job id -> span), read under WATCH: a window that ends before the
+    transaction commits aborts it, so the merge job is deferred on exactly the windows that have not ended."""
+    jobs = {window.job_id: Span(start_s=window.start_s, end_s=window.end_s)
+            for window in plan.windows if window.output is None and window.job_id}
+    if not jobs:
+        return {}
+    pipe.watch(*[Job.key_for(job_id) for job_id in jobs])  # type: ignore[no-untyped-call]
+    with backend.redis.pipeline(transaction=False) as read:
+        for job_id in jobs:
+            read.hget(Job.key_for(job_id), "status")
+        statuses = read.execute()
+    return {job_id: span for (job_id, span), status in zip(jobs.items(), statuses, strict=True)
+            if status in _PENDING_RQ_STATES}
+
+
+def _live_job(pipe: Pipeline, inflight_key: str) -> str | None:
+    raw = pipe.get(inflight_key)
+    if raw is None:
+        return None
+    job_id = as_text(raw)
+    status = pipe.hget(Job.key_for(job_id), "status")
+    return job_id if status in _PENDING_RQ_STATES else None
+
+
+def _enqueue(pipe: Pipeline, backend: Backend, plan: Plan, coalesce: bool, phashes: list[str] | None,
+             standing: eta.Standing, waiting: dict[str, Span]) -> str:
+    settings = backend.settings
+    job_id = uuid.uuid4().hex
+    job = _make_job(backend, plan, job_id, phashes, list(waiting))
+    pipe.multi()
+    for image in plan.images:
+        if image.data is not None:
+            media.keep_bytes(pipe, backend.scripts, image.digest, image.data, settings.image_ttl_s)
+        else:
+            media.touch_bytes(pipe, image.digest, settings.image_ttl_s)
+    _record(pipe, backend, plan, job_id, "MISS")
+    records.first_of_job(pipe, job_id, plan.request_id, settings.request_ttl_s)
+    events.add_queued(pipe, job_id, standing.body(), settings.request_ttl_s)
+    _watch_end(pipe, backend, plan, job_id)
+    if plan.in_quota:
+        pipe.zadd(TENANT_INFLIGHT_PREFIX + plan.tenant, {job_id: time.time()})
+        pipe.expire(TENANT_INFLIGHT_PREFIX + plan.tenant, settings.request_ttl_s)
+    if plan.idem_key is not None:
+        pipe.set(plan.idem_key, plan.request_id, ex=settings.request_ttl_s)
+    if coalesce:
+        pipe.set(INFLIGHT_PREFIX + plan.key, job_id, ex=settings.request_ttl_s)
+    if plan.windows:
+        merges.register(pipe, job_id, len(plan.windows), waiting, settings.request_ttl_s)
+        if len(waiting) < len(plan.windows):
+            # Windows answered already (from cache, or ended while the others were enqueued) show at once.
+            events.append(backend.scripts, pipe, job_id, [(StreamEvent.PROGRESS, events.dumps(
+                {"done": len(plan.windows) - len(waiting), "total": len(plan.windows)}))], settings.request_ttl_s)
+    if waiting:
+        # RQ's own deferral (what Queue.enqueue does for a job with unfinished dependencies), inside this
+        # transaction: the deferred registry, the windows' dependents sets, the job saved as deferred.
+        job.set_status(JobStatus.DEFERRED, pipeline=pipe)
+        job.register_dependency(pipeline=pipe)
+        job.save(pipeline=pipe)
+    else:
+        backend.queues_of(plan.target.model)[plan.priority].enqueue_job(job, pipeline=pipe)
+    pipe.execute()
+    return job_id
+
+
+def _watch_end(pipe: Pipeline, backend: Backend, plan: Plan, job_id: str) -> None:
+    """A request with a webhook is delivered when its job ends (the finish script logs that end)."""
+    if plan.webhook_url is not None:
+        webhooks.register(pipe, plan.request_id, plan.tenant, plan.webhook_url, job_id,
+                          backend.settings.request_ttl_s)
+
+
+def _make_job(backend: Backend, plan: Plan, job_id: str, phashes: list[str] | None, waiting: list[str]) -> Job:
+    settings = backend.settings
+    params = plan.submission.params
+    now = time.time()
+    payload = InferJob(
+        v=CONTRACT_VERSION, model=plan.target.model, adapter=plan.target.adapter,
+        # A merge job reads its windows' answers, not frames.
+        videos=[] if plan.windows else plan.videos, window=plan.span, windows=plan.windows,
+        messages=plan.submission.messages,
+        images=[image.ref for image in plan.images if image.ref is not None], sampling=plan.submission.sampling,
+        task=plan.submission.task.value, response_format=plan.submission.response_format,
+        cache_key=plan.key, cache_mode=params.cache,
+        near_bucket=plan.bucket if params.cache is not CacheMode.OFF else None, phashes=phashes,
+        tenant=plan.tenant, enqueued_at=now, deadline_at=now + params.deadline_s if params.deadline_s else None,
+        result_ttl_s=settings.result_ttl_s, cache_ttl_s=settings.l1_ttl_s, priority=params.priority)
+    retry = Retry(max=settings.job_retries) if settings.job_retries else None
+    # The description is what `rq info` and logs show: the key prefix, never the prompt.
+    return backend.queues_of(plan.target.model)[plan.priority].create_job(
+        INFER_FUNC, kwargs={"job": payload.model_dump(mode="json", exclude_none=True)}, job_id=job_id,
+        timeout=settings.job_timeout_s, result_ttl=settings.result_ttl_s, failure_ttl=settings.result_ttl_s,
+        retry=retry, description=f"{'merge' if plan.windows else 'infer'} key={plan.key[:16]}",
+        depends_on=Dependency(jobs=waiting, allow_failure=True) if waiting else None)
+
+
+def _record(pipe: Pipeline, backend: Backend, plan: Plan, job_id: str, x_cache: str) -> None:
+    params = plan.submission.params
+    record = RequestRecord(tenant=plan.tenant, created_at=time.time(), job_id=job_id, x_cache=x_cache,
+                           cache_key=plan.key, cache_mode=params.cache, near_bucket=plan.bucket,
+                           model=plan.target.model,
+                           deadline_at=time.time() + params.deadline_s if params.deadline_s else None)
+    records.write(pipe, plan.request_id, record, backend.settings.request_ttl_s)
+
