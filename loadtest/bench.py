@@ -12,6 +12,7 @@ stream    vLLM engine throughput with streamed deltas ÷ final-only, and first d
 coldstart a pool at zero: worker process start to its first job done, vLLM tiny model     (no goal)
 priority  interactive p95 with 500 Batch API lines queued ÷ idle, instant engine           (goal <= 1.5)
 video     video intake (decode + sample + JPEG) per video-second at 720p and 1080p        (goal 1080p <= 250 ms)
+fanout    a 10-window video question on 4 one-job-at-a-time workers ÷ on 1, instant engine (goal >= 2.5)
 validate  the capacity planner's predicted vs measured P50/P95 wait, same trace, 4 runs, ~6 min (goal MAPE <= 15%)
 
 Output is Markdown; a copy goes to loadtest/reports/bench-<time>.md. Every process a benchmark starts
@@ -36,6 +37,7 @@ from loadtest import (
     bench_coldstart,
     bench_curve,
     bench_engine,
+    bench_fanout,
     bench_keys,
     bench_overhead,
     bench_priority,
@@ -57,6 +59,7 @@ BENCHMARKS: dict[str, Callable[[], list[Check]]] = {
     "coldstart": bench_coldstart.run,
     "priority": bench_priority.run,
     "video": bench_video.run,
+    "fanout": bench_fanout.run,
     "validate": validate.run,
 }
 

@@ -133,7 +133,7 @@ def test_job_finishing_between_lookup_and_enqueue_is_served_not_rerun(
     import time
 
     from cache.keys import image_digest
-    from gateway import submit as submit_module
+    from gateway import plans
     from gateway.eta import Standing
     from gateway.intake import InferParams, Submission
     from gateway.messages import ImageInput
@@ -144,11 +144,11 @@ def test_job_finishing_between_lookup_and_enqueue_is_served_not_rerun(
     messages = [Message(role=Role.USER, content=[ImagePart(image=0), TextPart(text="q")])]
     submission = Submission(params=InferParams(prompt="q"), sampling=SamplingParams(), messages=messages,
                             images=[ImageInput(param="image[0]", data=image)], response_format=ResponseFormat())
-    images = [submit_module._Image(source=submission.images[0], digest=image_digest(image), data=image)]
-    plan = submit_module._plan(backend, submission, "public", images, None)
+    images = [plans.PlanImage(source=submission.images[0], digest=image_digest(image), data=image)]
+    plan = plans.build(backend, submission, "public", images, None)
     answer = JobResult(state=JobState.DONE, finished_at=time.time()).model_dump_json()
     redis_client.set(CACHE_PREFIX + plan.key, answer)
-    outcome = submit_module._enqueue_or_attach(backend, plan, None, Standing(0, None, True))
-    assert isinstance(outcome, submit_module._JustCached)
+    outcome = plans.enqueue_or_attach(backend, plan, None, Standing(0, None, True))
+    assert isinstance(outcome, plans.JustCached)
     assert outcome.raw == answer.encode()
     assert redis_client.llen(f"rq:queue:{INTERACTIVE_QUEUE}") == 0

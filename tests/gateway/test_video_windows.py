@@ -4,6 +4,7 @@ real window on vLLM is tests/worker/test_vllm_engine.py's video test, whose clip
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from gateway.errors import UnprocessableError
 from tests.conftest import parse_sse
 from tests.gateway.conftest import MODEL, ThreadWorker, job_of, redis_keys
 from tests.gateway.test_video_requests import ask, upload
+from tests.gateway.videos import make_video
 from worker.contract import ErrorCode, VideoClip
 from worker.engine import Chunk, EngineError, EngineRequest, InstantEngine
 from worker.rqjobs import queue_names
@@ -190,3 +192,21 @@ def test_two_workers_answer_a_ten_window_video_faster_than_one(
     assert first.engine.calls + second.engine.calls == 20  # type: ignore[attr-defined]
     assert second.engine.calls >= 3  # type: ignore[attr-defined]
     assert together < alone * 0.75, (alone, together)
+
+
+def test_chat_completions_stream_a_long_video_answer_as_its_timeline(
+        client: TestClient, worker_factory: Callable[..., ThreadWorker]) -> None:
+    worker_factory()
+    video = make_video(seconds=61, rate=5)
+    media_id = client.post("/api/media", files={"file": ("long.mp4", video, "video/mp4")}).json()["media_id"]
+    content = [{"type": "video_url", "video_url": {"url": f"vlq://media/{media_id}"}},
+               {"type": "text", "text": "What happens?"}]
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": content}]}
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        lines = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(line) for line in lines[:-1]]
+    text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks if chunk["choices"])
+    # The default window is 60 s: two windows, the second a second long; the progress events are not chunks.
+    assert text.startswith("[00:00-01:00] instant-engine") and "\n[01:00-01:01] instant-engine" in text, text
