@@ -23,9 +23,10 @@ from tests.conftest import parse_sse
 from tests.gateway.conftest import MODEL, ThreadWorker, job_of, redis_keys
 from tests.gateway.test_video_requests import ask, upload
 from tests.gateway.videos import make_video
-from worker.contract import ErrorCode, VideoClip
+from worker.contract import ErrorCode, Priority, VideoClip
 from worker.engine import Chunk, EngineError, EngineRequest, InstantEngine
-from worker.rqjobs import queue_names
+from worker.rqjobs import claim_next, open_queues, queue_names
+from worker.scripts import Scripts
 
 
 class FlakyEngine(InstantEngine):
@@ -210,3 +211,21 @@ def test_chat_completions_stream_a_long_video_answer_as_its_timeline(
     text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks if chunk["choices"])
     # The default window is 60 s: two windows, the second a second long; the progress events are not chunks.
     assert text.startswith("[00:00-01:00] instant-engine") and "\n[01:00-01:01] instant-engine" in text, text
+
+
+def test_a_window_whose_worker_vanished_is_ended_by_the_janitor_and_the_merge_goes_on(
+        client_factory: Callable[..., TestClient], redis_client: Redis,
+        worker_factory: Callable[..., ThreadWorker]) -> None:
+    client = client_factory(job_retries=0)
+    media_id = upload(client, seconds=6, fps="2")
+    request_id = ask(client, media_id, video={"window_s": 2}).json()["request_id"]
+    # A worker takes the first window and dies without a heartbeat: its lease lapses in a second.
+    queues = open_queues(redis_client, MODEL)
+    ghost = claim_next([(Priority.INTERACTIVE, queues[Priority.INTERACTIVE])], Scripts(redis_client), "ghost",
+                       heartbeat_ttl_s=1, block_s=0)
+    assert ghost is not None
+    worker_factory()
+    body = final(client, request_id)
+    assert body["status"] == "done" and body["result"]["partial"] is True, body
+    lost = [segment for segment in body["result"]["segments"] if segment["text"] is None]
+    assert [(segment["start_s"], segment["error"]["code"]) for segment in lost] == [(0, "worker_lost")]
