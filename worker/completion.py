@@ -8,6 +8,7 @@ results for one request even when a presumed-dead worker finishes late. Import-l
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,13 +68,24 @@ def end_job(redis: Redis, ending: Ending, job: Job, execution: Execution | None,
             rq_worker: Worker | None = None, scripts: Scripts | None = None) -> bool:
     """Publish the result and do RQ's bookkeeping in one MULTI, so no client ever reads a result that
     ``rq info`` still shows running. True if this call wrote the result (the first writer wins)."""
+    return end_jobs(redis, [(ending, job, execution)], worker_name, rq_worker, scripts)[0]
+
+
+def end_jobs(redis: Redis, ended: Sequence[tuple[Ending, Job, Execution | None]], worker_name: str,
+             rq_worker: Worker | None = None, scripts: Scripts | None = None) -> list[bool]:
+    """``end_job`` of many jobs in one round trip (one MULTI: each job's finish script, then its RQ records).
+    For each, True if this call wrote its result."""
     scripts = scripts or Scripts(redis)
+    firsts: list[int] = []
     with redis.pipeline() as pipe:
-        _publish(pipe, scripts, ending)
-        _rq_bookkeeping(pipe, redis, job, execution, ending.result, worker_name, rq_worker)
-        written = bool(pipe.execute()[0])
-    _after_end(redis, scripts, job, ending.result)
-    return written
+        for ending, job, execution in ended:
+            firsts.append(len(pipe))
+            _publish(pipe, scripts, ending)
+            _rq_bookkeeping(pipe, redis, job, execution, ending.result, worker_name, rq_worker)
+        replies = pipe.execute()
+    for ending, job, _ in ended:
+        _after_end(redis, scripts, job, ending.result)
+    return [bool(replies[index]) for index in firsts]
 
 
 def record_in_rq(redis: Redis, job: Job, execution: Execution | None, result: JobResult,

@@ -12,11 +12,9 @@ The job's function is never called: the payload is JSON, and only the function n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis import Redis
-from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -58,48 +56,64 @@ def started_key(queue: Queue) -> str:
     return str(queue.started_job_registry.key)
 
 
-def claim_next(queues: Sequence[tuple[Priority, Queue]], scripts: Scripts, worker_name: str,
-               heartbeat_ttl_s: int, block_s: float) -> Claimed | None:
-    """The head of the first non-empty queue, registered as started; blocks up to ``block_s`` on the
-    interactive queue (or the only one) when all are empty. Blocking: call from a thread.
+@dataclass(frozen=True)
+class Slots:
+    """What a claim may take: ``count`` free slots, of which batch may take ``batch_room``; ``streak`` is the
+    interactive claims since the last batch one and ``batch_every`` the rule's turn (``worker.claims``)."""
 
-    The id moves atomically from its queue to the queue's intermediate list (the claim script, or BLMOVE
+    count: int
+    batch_room: int
+    streak: int = 0
+    batch_every: int = 8
+
+
+def claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heartbeat_ttl_s: int,
+          block_s: float, slots: Slots) -> list[Claimed]:
+    """Jobs for up to ``slots.count`` free slots, chosen by the claim rule and registered as started, in three
+    round trips however many (the claim script, the jobs' hashes, their start records); when every queue is
+    empty, blocks up to ``block_s`` on the interactive queue for one. Blocking: call from a thread.
+
+    Each id moves atomically from its queue to the queue's intermediate list (the claim script, or BLMOVE
     as RQ does), so a worker that dies between the pop and the registration leaves the id where the
-    janitor finds it. RQ's own ``dequeue_any`` over several queues pops without that list, hence our own.
+    janitor finds it. RQ's own ``dequeue_any`` pops one job without that list, hence our own.
     """
-    while True:
-        popped = _pop(queues, scripts, block_s)
-        if popped is None:
-            return None
-        priority, queue, job_id = popped
-        try:
-            job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
-        except NoSuchJobError:
-            # Deleted while queued (its TTL, a cleanup): drop the id as RQ does and take the next.
-            queue.connection.lrem(queue.intermediate_queue_key, 1, job_id)
-            continue
-        with queue.connection.pipeline() as pipe:
+    popped = _pop(pool, scripts, block_s, slots)
+    if not popped:
+        return []
+    connection = pool[Priority.INTERACTIVE].connection
+    jobs = Job.fetch_many([job_id for _, job_id in popped], connection=connection, serializer=JSONSerializer)
+    claimed: list[Claimed] = []
+    with connection.pipeline() as pipe:
+        for (priority, job_id), job in zip(popped, jobs, strict=True):
+            queue = pool[priority]
+            if job is None:
+                # Deleted while queued (its TTL, a cleanup): drop the id as RQ does.
+                pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                continue
             execution = Execution.create(job, ttl=heartbeat_ttl_s, pipeline=pipe, worker_name=worker_name)
             job.prepare_for_execution(worker_name, pipeline=pipe)
             pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-            pipe.execute()
-        return Claimed(job=job, execution=execution, queue=queue, priority=priority)
+            claimed.append(Claimed(job=job, execution=execution, queue=queue, priority=priority))
+        pipe.execute()
+    return claimed
 
 
-def _pop(queues: Sequence[tuple[Priority, Queue]], scripts: Scripts,
-         block_s: float) -> tuple[Priority, Queue, str] | None:
-    keys = [key for _, queue in queues for key in (queue.key, queue.intermediate_queue_key)]
-    found = scripts.claim(keys=keys, args=[])
+def _pop(pool: dict[Priority, Queue], scripts: Scripts, block_s: float,
+         slots: Slots) -> list[tuple[Priority, str]]:
+    interactive, batch = pool[Priority.INTERACTIVE], pool[Priority.BATCH]
+    found = scripts.claim(keys=[interactive.key, interactive.intermediate_queue_key, batch.key,
+                                batch.intermediate_queue_key],
+                          args=[slots.count, slots.batch_room, slots.streak, slots.batch_every])
     if found:
-        priority, queue = queues[int(found[0]) - 1]
-        return priority, queue, as_text(found[1])
+        return [(Priority.INTERACTIVE if int(found[i]) == 1 else Priority.BATCH, as_text(found[i + 1]))
+                for i in range(0, len(found), 2)]
     if block_s <= 0:
-        return None
-    # Block on interactive work whatever the order: it is what must not wait (batch waits at most block_s).
-    priority, queue = next(((p, q) for p, q in queues if p is Priority.INTERACTIVE), queues[0])
+        return []
+    # Block on interactive work: it is what must not wait (batch waits at most block_s).
     # Redis takes a fractional timeout (>= 6.0); redis-py's stub says int.
-    raw = queue.connection.blmove(queue.key, queue.intermediate_queue_key, block_s)  # type: ignore[arg-type]
-    return (priority, queue, as_text(raw)) if raw is not None else None
+    raw = interactive.connection.blmove(interactive.key, interactive.intermediate_queue_key,
+                                        block_s)  # type: ignore[arg-type]
+    return [(Priority.INTERACTIVE, as_text(raw))] if raw is not None else []
 
 
 def heartbeat(redis: Redis, claimed: list[Claimed], ttl_s: int) -> None:

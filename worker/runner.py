@@ -14,21 +14,24 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.worker import Worker
 
 from worker import capacity, endings, events, metrics
 from worker.claims import ClaimRule
-from worker.completion import Ending, end_job, result_key
+from worker.completion import Ending, result_key
 from worker.config import WorkerSettings
 from worker.constants import CANCEL_PREFIX, ENGINE_CALLS, IMAGE_PREFIX, INFER_FUNC, MAX_INFLIGHT_SEEN
 from worker.contract import CONTRACT_VERSION, ErrorCode, InferJob, JobResult, JobState, Priority, StreamEvent
 from worker.deltas import DeltaBuffer
 from worker.engine import Engine, EngineError, EngineOutput, EngineRequest, VideoInput
-from worker.rqjobs import Claimed, claim_next, heartbeat, open_queues, requeue_unfinished, retry_window
+from worker.finisher import Finisher
+from worker.rqjobs import Claimed, Slots, claim, heartbeat, open_queues, requeue_unfinished, retry_window
 from worker.scripts import Scripts
 
 log = logging.getLogger("vlq.worker")
@@ -44,6 +47,16 @@ class _Media:
 
     images: list[bytes]
     videos: list[VideoInput]
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What a claimed job starts with, read with the others claimed in the same round: its payload (or why it
+    cannot run), whether it was canceled while queued, and its media (None if one expired)."""
+
+    payload: InferJob | tuple[ErrorCode, str]
+    canceled: bool = False
+    media: _Media | None = None
 
 
 class _EngineDiedError(Exception):
@@ -66,11 +79,16 @@ class Runner:
         # Interactive claims since the last batch one (the rule's no-starvation turn).
         self._streak = 0
         self._rq_worker = rq_worker
-        self._slots = asyncio.Semaphore(settings.max_inflight)
+        # Set whenever a job ends: the main loop waits on it while every slot is taken.
+        self._freed = asyncio.Event()
         self._inflight: dict[str, Claimed] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self.deltas = DeltaBuffer(self.scripts, settings.stream_flush_interval_s)
+        # A result is worth waiting for Redis to come back; only after the lease would the janitor act.
+        self.finisher = Finisher(redis, self.scripts, self.deltas, name, rq_worker, settings.heartbeat_ttl_s * 4)
+        # Jobs whose engine call answered (their end checks for a late cancel and counts the call).
+        self._answered: set[str] = set()
         self.service = capacity.ServiceTime()
         # Set when the engine died: jobs go back to the queue and the process exits non-zero to be restarted.
         self.engine_died = False
@@ -87,19 +105,21 @@ class Runner:
     async def run(self) -> None:
         """Take and run jobs until stopped, then wait for those in flight."""
         background = [asyncio.create_task(self._heartbeat_loop()),
-                      asyncio.create_task(self.deltas.run(self.redis))]
+                      asyncio.create_task(self.deltas.run(self.redis)),
+                      asyncio.create_task(self.finisher.run())]
         try:
             while not self._stop.is_set():
-                await self._slots.acquire()
+                free = self.settings.max_inflight - len(self._inflight)
+                if free <= 0:
+                    self._freed.clear()
+                    await self._freed.wait()
+                    continue
                 try:
-                    took = await self._take_one()
+                    await self._take(free)
                 except RedisError as exc:
                     # Redis restarting (AOF keeps the queue): wait for it rather than exit.
                     log.warning("cannot reach Redis to take jobs (%s); retrying", type(exc).__name__)
-                    took = False
                     await asyncio.sleep(1.0)
-                if not took:
-                    self._slots.release()
         finally:
             await self._drain()
             for task in background:
@@ -110,28 +130,41 @@ class Runner:
         with contextlib.suppress(RedisError):  # else the entry lapses by itself
             capacity.withdraw(self.redis, self.model, self.name)
 
-    async def _take_one(self) -> bool:
-        if self._stop.is_set():
-            return False
+    async def _take(self, free: int) -> None:
+        """Claim jobs for the ``free`` slots in one go (the claim rule applied slot by slot, in Redis)."""
         batch_inflight = sum(1 for item in self._inflight.values() if item.priority is Priority.BATCH)
-        order = self.rule.order(batch_inflight, self._streak)
+        room = max(self.rule.batch_cap - batch_inflight, 0)
         # Capped batch: look again soon, a batch slot may free; else block until interactive work arrives.
-        block_s = _CAPPED_BLOCK_S if Priority.BATCH not in order else float(self.settings.dequeue_timeout_s)
-        claimed = await asyncio.to_thread(
-            claim_next, [(priority, self.queues[priority]) for priority in order], self.scripts, self.name,
-            self.settings.heartbeat_ttl_s, block_s)
-        if claimed is None:
-            return False
-        self._streak = 0 if claimed.priority is Priority.BATCH else self._streak + 1
-        self._inflight[claimed.job.id] = claimed
-        task = asyncio.create_task(self._run_job(claimed))
-        self._tasks.add(task)
-        task.add_done_callback(self._job_done)
-        return True
+        block_s = _CAPPED_BLOCK_S if room <= 0 else float(self.settings.dequeue_timeout_s)
+        slots = Slots(count=free, batch_room=room, streak=self._streak, batch_every=self.rule.batch_every)
+        claimed = await asyncio.to_thread(self._claim_and_start, slots, block_s)
+        for item, start in claimed:
+            self._streak = 0 if item.priority is Priority.BATCH else self._streak + 1
+            self._inflight[item.job.id] = item
+            task = asyncio.create_task(self._run_job(item, start))
+            self._tasks.add(task)
+            task.add_done_callback(self._job_done)
+
+    def _claim_and_start(self, slots: Slots, block_s: float) -> list[tuple[Claimed, _Start]]:
+        """Claim jobs for the free slots and read what each starts with: four round trips for all of them."""
+        claimed = claim(self.queues, self.scripts, self.name, self.settings.heartbeat_ttl_s, block_s, slots)
+        if not claimed:
+            return []
+        payloads = [_payload(str(item.job.func_name), item.job.kwargs.get("job")) for item in claimed]
+        inference = [(item, payload) for item, payload in zip(claimed, payloads, strict=True)
+                     if isinstance(payload, InferJob) and not payload.windows]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for item, payload in inference:
+                _queue_start(pipe, self.scripts, item.job.id, payload)
+            replies = pipe.execute() if inference else []
+        starts = {item.job.id: _started(payload, replies[3 * index:3 * index + 3])
+                  for index, (item, payload) in enumerate(inference)}
+        return [(item, starts.get(item.job.id) or _Start(payload))
+                for item, payload in zip(claimed, payloads, strict=True)]
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._freed.set()
 
     async def _drain(self) -> None:
         if not self._tasks:
@@ -170,12 +203,11 @@ class Runner:
             if flag and claimed is not None:
                 await self.engine.abort(claimed.execution.composite_key)
 
-    async def _run_job(self, claimed: Claimed) -> None:
+    async def _run_job(self, claimed: Claimed, start: _Start) -> None:
         job_id = claimed.job.id
         started = time.time()
         try:
-            ending = await self._execute(claimed, started)
-            await self._finish(claimed, ending)
+            ending = await self._finish(claimed, await self._execute(claimed, start, started), started)
             if ending.result.state is JobState.DONE:
                 self.service.observe(time.time() - started)
         except _EngineDiedError:
@@ -188,10 +220,11 @@ class Runner:
             log.exception("job %s could not be finished; the janitor will sweep it", job_id)
         finally:
             self._inflight.pop(job_id, None)
+            self._answered.discard(job_id)
 
-    async def _execute(self, claimed: Claimed, started: float) -> Ending:
+    async def _execute(self, claimed: Claimed, start: _Start, started: float) -> Ending:
         job = claimed.job
-        payload = _payload(str(job.func_name), job.kwargs.get("job"))
+        payload = start.payload
         if not isinstance(payload, InferJob):
             return endings.failed(job.id, None, payload[0], payload[1], started)
         refusal = self._refuse(payload, job.id, started)
@@ -199,9 +232,9 @@ class Runner:
             return refusal
         if payload.windows:
             return await asyncio.to_thread(self._merge, job.id, payload, started)
-        canceled, media = await asyncio.to_thread(self._start_job, job.id, payload)
-        if canceled:
+        if start.canceled:
             return endings.canceled(job.id, payload, started)
+        media = start.media
         if media is None:
             return endings.failed(job.id, payload, ErrorCode.IMAGE_EXPIRED,
                                   "an image or video frame of this request expired before a worker took it", started)
@@ -233,23 +266,6 @@ class Runner:
                 for window in payload.windows]
         return endings.merged(job_id, payload, ends, started)
 
-    def _start_job(self, job_id: str, payload: InferJob) -> tuple[bool, _Media | None]:
-        """(canceled?, the images and video frames or None if one expired), and the ``running`` event, in one
-        round trip."""
-        digests = [ref.digest for ref in payload.images] + [d for clip in payload.videos for d in clip.frames]
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(CANCEL_PREFIX + job_id)
-            pipe.mget([IMAGE_PREFIX + digest for digest in digests] or [IMAGE_PREFIX])
-            events.append(self.scripts, pipe, job_id, [(StreamEvent.RUNNING, "{}")], payload.result_ttl_s)
-            canceled, blobs, _ = pipe.execute()
-        found = [blob for blob in blobs if isinstance(blob, bytes)]
-        if digests and len(found) != len(digests):
-            return bool(canceled), None
-        images, frames = found[:len(payload.images)], iter(found[len(payload.images):])
-        videos = [VideoInput(frames=[next(frames) for _ in clip.frames], times=clip.times, fps=clip.fps)
-                  for clip in payload.videos]
-        return bool(canceled), _Media(images=images if digests else [], videos=videos)
-
     async def _generate(self, claimed: Claimed, payload: InferJob, media: _Media,
                         started: float) -> Ending:
         job_id = claimed.job.id
@@ -274,8 +290,7 @@ class Runner:
             return endings.failed(job_id, payload, exc.code, exc.message, started)
         finally:
             metrics.JOBS_INFLIGHT.dec()
-        if await asyncio.to_thread(self._after_engine, job_id, peak):
-            return endings.canceled(job_id, payload, started)
+        self._answered.add(job_id)
         return endings.done(job_id, payload, output, started, engine_start, first_delta_at)
 
     async def _stream(self, job_id: str, request: EngineRequest, payload: InferJob,
@@ -298,35 +313,16 @@ class Runner:
             self.scripts.high_water(keys=[MAX_INFLIGHT_SEEN], args=[peak], client=pipe)
             return bool(pipe.execute()[0])
 
-    async def _finish(self, claimed: Claimed, ending: Ending) -> None:
+    async def _finish(self, claimed: Claimed, ending: Ending, started: float) -> Ending:
+        """End the job with the finisher's next batch (or retry a failed window); how it ended."""
         if _retried_window(claimed, ending):
             self.deltas.drop(claimed.job.id)
             await asyncio.to_thread(retry_window, claimed)
             log.warning("window job %s failed (%s); retried", claimed.job.id,
                         ending.result.error.code if ending.result.error else ending.result.state.value)
-            return
-        # The job's last streamed text goes with its terminal event, in order after every earlier flush.
-        async with self.deltas.lock:
-            tail = self.deltas.take(claimed.job.id)
-            ending = Ending(ending.job_id, ending.result, ending.payload,
-                            tail=tail if ending.result.state is JobState.DONE else "")
-            await asyncio.to_thread(self._end, claimed, ending)
-        metrics.observe_ending(ending.result)
-
-    def _end(self, claimed: Claimed, ending: Ending) -> None:
-        # A result is worth waiting for Redis to come back; only after the lease would the janitor act.
-        deadline = time.monotonic() + self.settings.heartbeat_ttl_s * 4
-        while True:
-            try:
-                end_job(self.redis, ending, claimed.job, claimed.execution, self.name, self._rq_worker,
-                        self.scripts)
-                return
-            except RedisError as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("cannot reach Redis to finish job %s (%s); retrying", claimed.job.id,
-                            type(exc).__name__)
-                time.sleep(1.0)
+            return ending
+        return await self.finisher.end(claimed, ending, claimed.job.id in self._answered, started,
+                                       len(self._inflight))
 
 
 # A window that failed for one of these may answer on a second try (another worker, a calmer engine).
@@ -338,6 +334,30 @@ def _retried_window(claimed: Claimed, ending: Ending) -> bool:
     error = ending.result.error
     return (ending.payload is not None and ending.payload.window is not None and bool(claimed.job.retries_left)
             and ending.result.state is JobState.FAILED and error is not None and error.code in _RETRIED)
+
+
+def _queue_start(pipe: Pipeline, scripts: Scripts, job_id: str, payload: InferJob) -> None:
+    """Queue a job's start (three replies): its cancel flag, its media's bytes, its ``running`` event."""
+    pipe.exists(CANCEL_PREFIX + job_id)
+    pipe.mget([IMAGE_PREFIX + digest for digest in _digests(payload)] or [IMAGE_PREFIX])
+    events.append(scripts, pipe, job_id, [(StreamEvent.RUNNING, "{}")], payload.result_ttl_s)
+
+
+def _digests(payload: InferJob) -> list[str]:
+    return [ref.digest for ref in payload.images] + [d for clip in payload.videos for d in clip.frames]
+
+
+def _started(payload: InferJob, replies: list[Any]) -> _Start:
+    """A job's start from its three replies: canceled?, and its images and video frames (None if one expired)."""
+    canceled, blobs, _ = replies
+    digests = _digests(payload)
+    found = [blob for blob in blobs if isinstance(blob, bytes)]
+    if digests and len(found) != len(digests):
+        return _Start(payload, bool(canceled), None)
+    images, frames = found[:len(payload.images)], iter(found[len(payload.images):])
+    videos = [VideoInput(frames=[next(frames) for _ in clip.frames], times=clip.times, fps=clip.fps)
+              for clip in payload.videos]
+    return _Start(payload, bool(canceled), _Media(images=images if digests else [], videos=videos))
 
 
 def _payload(func_name: str, raw: object) -> InferJob | tuple[ErrorCode, str]:

@@ -25,7 +25,7 @@ from tests.gateway.test_video_requests import ask, upload
 from tests.gateway.videos import make_video
 from worker.contract import ErrorCode, Priority, VideoClip
 from worker.engine import Chunk, EngineError, EngineRequest, InstantEngine
-from worker.rqjobs import claim_next, open_queues, queue_names
+from worker.rqjobs import Slots, claim, open_queues, queue_names
 from worker.scripts import Scripts
 
 
@@ -221,9 +221,9 @@ def test_a_window_whose_worker_vanished_is_ended_by_the_janitor_and_the_merge_go
     request_id = ask(client, media_id, video={"window_s": 2}).json()["request_id"]
     # A worker takes the first window and dies without a heartbeat: its lease lapses in a second.
     queues = open_queues(redis_client, MODEL)
-    ghost = claim_next([(Priority.INTERACTIVE, queues[Priority.INTERACTIVE])], Scripts(redis_client), "ghost",
-                       heartbeat_ttl_s=1, block_s=0)
-    assert ghost is not None
+    ghost = claim(queues, Scripts(redis_client), "ghost", heartbeat_ttl_s=1, block_s=0,
+                  slots=Slots(count=1, batch_room=1))
+    assert len(ghost) == 1 and ghost[0].priority is Priority.INTERACTIVE
     worker_factory()
     body = final(client, request_id)
     assert body["status"] == "done" and body["result"]["partial"] is True, body

@@ -7,7 +7,7 @@ from redis import Redis
 from worker.claims import ClaimRule
 from worker.constants import INFER_FUNC
 from worker.contract import Priority
-from worker.rqjobs import claim_next, open_queues
+from worker.rqjobs import Slots, claim, open_queues
 from worker.scripts import Scripts
 
 INT, B = Priority.INTERACTIVE, Priority.BATCH
@@ -38,21 +38,43 @@ def test_batch_never_takes_the_reserved_slots() -> None:
     assert ClaimRule(max_inflight=1, interactive_reserve=2, batch_every=8).batch_cap == 1
 
 
+def one(streak: int = 0, room: int = 1) -> Slots:
+    return Slots(count=1, batch_room=room, streak=streak, batch_every=8)
+
+
 def test_claim_takes_the_first_non_empty_queue_in_order(redis_client: Redis) -> None:
     queues = open_queues(redis_client, "m")
     scripts = Scripts(redis_client)
     queues[B].enqueue(INFER_FUNC, job={}, job_id="batch-1")
     queues[INT].enqueue(INFER_FUNC, job={}, job_id="inter-1")
-    order = [(INT, queues[INT]), (B, queues[B])]
-    first = claim_next(order, scripts, "w", heartbeat_ttl_s=30, block_s=0)
-    second = claim_next(order, scripts, "w", heartbeat_ttl_s=30, block_s=0)
-    assert first is not None and second is not None
-    assert (first.job.id, first.priority, second.job.id, second.priority) == ("inter-1", INT, "batch-1", B)
-    assert claim_next(order, scripts, "w", heartbeat_ttl_s=30, block_s=0) is None
+    first = claim(queues, scripts, "w", heartbeat_ttl_s=30, block_s=0, slots=one())
+    second = claim(queues, scripts, "w", heartbeat_ttl_s=30, block_s=0, slots=one(streak=1))
+    assert [(c.job.id, c.priority) for c in first + second] == [("inter-1", INT), ("batch-1", B)]
+    assert claim(queues, scripts, "w", heartbeat_ttl_s=30, block_s=0, slots=one()) == []
     # Registered as started on its own queue (rq info tells the truth), nothing left in the lists.
     assert queues[INT].started_job_registry.get_job_ids() == ["inter-1"]
     assert queues[B].started_job_registry.get_job_ids() == ["batch-1"]
     assert redis_client.llen(queues[B].intermediate_queue_key) == 0
+
+
+def test_one_claim_fills_many_slots_by_the_same_rule(redis_client: Redis) -> None:
+    # The claim script applies the rule slot by slot in Redis; it must choose what ClaimRule.order does.
+    queues = open_queues(redis_client, "m")
+    for index in range(20):
+        queues[INT].enqueue(INFER_FUNC, job={}, job_id=f"i{index}")
+        queues[B].enqueue(INFER_FUNC, job={}, job_id=f"b{index}")
+    rule = ClaimRule(max_inflight=16, interactive_reserve=2, batch_every=4)
+    claimed = claim(queues, Scripts(redis_client), "w", heartbeat_ttl_s=30, block_s=0,
+                    slots=Slots(count=12, batch_room=rule.batch_cap, streak=0, batch_every=4))
+    assert [c.priority for c in claimed] == simulate(rule, 12)
+    assert [c.job.id for c in claimed][:4] == ["i0", "i1", "i2", "b0"]
+    # Batch at its cap takes nothing more, whatever the streak: only interactive work is claimed.
+    capped = claim(queues, Scripts(redis_client), "w", heartbeat_ttl_s=30, block_s=0,
+                   slots=Slots(count=3, batch_room=0, streak=9, batch_every=4))
+    assert [c.priority for c in capped] == [INT, INT, INT]
+    started = queues[INT].started_job_registry.get_job_ids() + queues[B].started_job_registry.get_job_ids()
+    assert sorted(started) == sorted(c.job.id for c in claimed + capped)
+    assert redis_client.llen(queues[INT].intermediate_queue_key) == 0
 
 
 def test_a_deleted_job_is_skipped(redis_client: Redis) -> None:
@@ -60,8 +82,9 @@ def test_a_deleted_job_is_skipped(redis_client: Redis) -> None:
     gone = queues[INT].enqueue(INFER_FUNC, job={}, job_id="gone")
     queues[INT].enqueue(INFER_FUNC, job={}, job_id="kept")
     redis_client.delete(gone.key)
-    claimed = claim_next([(INT, queues[INT])], Scripts(redis_client), "w", heartbeat_ttl_s=30, block_s=0)
-    assert claimed is not None and claimed.job.id == "kept"
+    claimed = claim(queues, Scripts(redis_client), "w", heartbeat_ttl_s=30, block_s=0,
+                    slots=Slots(count=2, batch_room=1))
+    assert [c.job.id for c in claimed] == ["kept"]
     assert redis_client.llen(queues[INT].intermediate_queue_key) == 0
 
 
@@ -73,10 +96,10 @@ def test_an_idle_claim_wakes_for_interactive_work_even_when_batch_is_tried_first
     late = threading.Timer(0.2, lambda: queues[INT].enqueue(INFER_FUNC, job={}, job_id="late"))
     late.start()
     started = time.monotonic()
-    claimed = claim_next([(B, queues[B]), (INT, queues[INT])], Scripts(redis_client), "w", heartbeat_ttl_s=30,
-                         block_s=3)
+    # streak 7 of batch_every 8: this claim tries batch first; idle, it blocks on the interactive queue.
+    claimed = claim(queues, Scripts(redis_client), "w", heartbeat_ttl_s=30, block_s=3, slots=one(streak=7))
     # The claim can wake before the enqueuing thread has read its EXEC reply; let it finish before the
     # fixture closes the connection pool under it (CI saw that race land in the next test).
     late.join(timeout=5)
-    assert claimed is not None and claimed.job.id == "late"
+    assert [c.job.id for c in claimed] == ["late"]
     assert time.monotonic() - started < 1.0

@@ -81,16 +81,15 @@ def test_end_job_writes_result_and_rq_records_together(redis_client: Redis) -> N
     from worker.completion import end_job
     from worker.constants import INFER_FUNC
     from worker.contract import Priority
-    from worker.rqjobs import claim_next, open_queue
+    from worker.rqjobs import Slots, claim, open_queues
     from worker.scripts import Scripts
 
     QUEUE_NAME = "vlq-infer:some-model"
-    queue = open_queue(redis_client, QUEUE_NAME)
+    pool = open_queues(redis_client, "some-model")
     job = payload()
-    queue.enqueue(INFER_FUNC, job=job.model_dump(mode="json"), job_id="job-9")
-    claimed = claim_next([(Priority.INTERACTIVE, queue)], Scripts(redis_client), "w1", heartbeat_ttl_s=30,
-                         block_s=1)
-    assert claimed is not None
+    pool[Priority.INTERACTIVE].enqueue(INFER_FUNC, job=job.model_dump(mode="json"), job_id="job-9")
+    (claimed,) = claim(pool, Scripts(redis_client), "w1", heartbeat_ttl_s=30, block_s=1,
+                       slots=Slots(count=1, batch_room=1))
     assert StartedJobRegistry(QUEUE_NAME, connection=redis_client).count == 1
     assert end_job(redis_client, Ending("job-9", done("answer"), job), claimed.job, claimed.execution, "w1")
     assert StartedJobRegistry(QUEUE_NAME, connection=redis_client).count == 0

@@ -1,0 +1,62 @@
+"""After a burst, RQ's registries match the jobs: the worker claims and ends many jobs per round trip
+(``worker.rqjobs.claim``, ``worker.finisher``) and still writes every record RQ's own worker would."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from secrets import token_hex
+
+from redis import Redis
+from rq.job import Job
+from rq.queue import Queue
+from rq.registry import FinishedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from cache.keys import image_digest
+from tests.conftest import make_image
+from tests.gateway.conftest import MODEL, ThreadWorker
+from worker.completion import result_key
+from worker.constants import IMAGE_PREFIX, INFER_FUNC
+from worker.contract import CacheMode, ImageRef, InferJob, JobResult, JobState, Priority, SamplingParams
+from worker.rqjobs import open_queues
+
+
+def test_a_burst_ends_with_every_registry_telling_the_truth(
+        redis_url: str, redis_client: Redis, worker_factory: Callable[..., ThreadWorker]) -> None:
+    image = make_image((5, 6, 7), (16, 16))
+    redis_client.set(IMAGE_PREFIX + image_digest(image), image, ex=600)
+    ref = ImageRef(digest=image_digest(image), media_type="image/png", size=len(image), width=16, height=16)
+    queue = open_queues(redis_client, MODEL)[Priority.INTERACTIVE]
+    jobs = [_job(queue, ref, index) for index in range(300)]
+    with redis_client.pipeline() as pipe:
+        for job in jobs:
+            queue.enqueue_job(job, pipeline=pipe)
+        pipe.execute()
+    worker = worker_factory(max_inflight=16)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and redis_client.exists(*[result_key(job.id) for job in jobs]) < len(jobs):
+        time.sleep(0.05)
+    ids = {job.id for job in jobs}
+    # Each job's own answer (the instant engine echoes its prompt), recorded as RQ's worker would.
+    for index, job in enumerate(jobs):
+        result = JobResult.model_validate_json(redis_client.get(result_key(job.id)) or b"")
+        assert result.state is JobState.DONE and result.result is not None
+        assert f"queue-only probe {index}'" in result.result.text
+    assert set(FinishedJobRegistry(queue.name, connection=redis_client).get_job_ids()) == ids
+    assert StartedJobRegistry(queue.name, connection=redis_client).get_job_ids() == []
+    assert redis_client.llen(queue.key) == 0 and redis_client.llen(queue.intermediate_queue_key) == 0
+    statuses = {job.get_status() for job in Job.fetch_many(list(ids), connection=redis_client,
+                                                           serializer=JSONSerializer) if job}
+    assert statuses == {"finished"}
+    assert worker.engine.calls == len(jobs)  # type: ignore[attr-defined]
+
+
+def _job(queue: Queue, image: ImageRef, index: int) -> Job:
+    """What the gateway would enqueue for a distinct request."""
+    payload = InferJob(model=MODEL, prompt=f"queue-only probe {index}", images=[image], sampling=SamplingParams(),
+                       cache_key=token_hex(32), cache_mode=CacheMode.EXACT, tenant="public", enqueued_at=time.time(),
+                       result_ttl_s=600, cache_ttl_s=600)
+    return queue.create_job(INFER_FUNC, kwargs={"job": payload.model_dump(mode="json")}, job_id=uuid.uuid4().hex,
+                            result_ttl=600, failure_ttl=600)
