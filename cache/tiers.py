@@ -14,7 +14,7 @@ imports nothing of the rest of vlq.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis as AsyncRedis
@@ -55,9 +55,10 @@ class ExactCache:
         """The Redis key of a near-duplicate bucket."""
         return self._near_prefix + bucket
 
-    async def lookup(self, key: str) -> Hit | None:
-        """L1, then L2 (promoted to L1 on a hit)."""
-        raw = await self._redis.get(self.l1_key(key))
+    async def lookup(self, key: str, read_l1: Callable[[str], Awaitable[bytes | None]] | None = None) -> Hit | None:
+        """L1, then L2 (promoted to L1 on a hit). ``read_l1`` reads the L1 entry instead of a plain GET (the
+        gateway's reads it and records the request in the same round trip)."""
+        raw = await (read_l1 or self._redis.get)(self.l1_key(key))
         if raw is not None:
             return Hit(as_bytes(raw), "HIT-L1")
         found = await run_in_threadpool(self._l2.get, key)

@@ -180,17 +180,40 @@ def enqueue_or_attach(backend: Backend, plan: Plan, phashes: list[str] | None,
                 continue
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """What the transaction decides on, read in one round trip after WATCH (any connection may read: the
+    watch is what guards the values until EXEC)."""
+
+    replayed: bytes | None
+    cached: bytes | None
+    inflight: bytes | None
+    tenant_inflight: int
+
+
+def _read(backend: Backend, plan: Plan, coalesce: bool) -> _Seen:
+    with backend.redis.pipeline(transaction=False) as read:
+        read.get(plan.idem_key or "")
+        read.get(backend.cache.l1_key(plan.key) if coalesce else "")
+        read.get(INFLIGHT_PREFIX + plan.key if coalesce else "")
+        read.zcard(TENANT_INFLIGHT_PREFIX + plan.tenant)
+        replayed, cached, inflight, count = read.execute()
+    return _Seen(replayed if plan.idem_key else None, cached if coalesce else None, inflight if coalesce else None,
+                 int(count))
+
+
 def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: Plan, coalesce: bool, phashes: list[str] | None,
                        standing: eta.Standing) -> Accepted | Replayed | JustCached:
-    if plan.idem_key is not None and (seen := pipe.get(plan.idem_key)) is not None:
+    seen = _read(backend, plan, coalesce)
+    if seen.replayed is not None:
         pipe.reset()
-        return Replayed(request_id=as_text(seen))
+        return Replayed(request_id=as_text(seen.replayed))
     # The worker's finish script fills L1 and clears the in-flight marker atomically, so with both watched
     # this sees the job running (attach), or its answer (serve it), never neither.
-    if coalesce and (cached := pipe.get(backend.cache.l1_key(plan.key))) is not None:
+    if seen.cached is not None:
         pipe.reset()
-        return JustCached(raw=as_bytes(cached))
-    existing = _live_job(pipe, INFLIGHT_PREFIX + plan.key) if coalesce else None
+        return JustCached(raw=as_bytes(seen.cached))
+    existing = _live_job(backend, seen.inflight)
     if existing is not None:
         pipe.multi()
         _record(pipe, backend, plan, existing, "COALESCED")
@@ -201,7 +224,7 @@ def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: Plan, coalesce: b
         return Accepted(request_id=plan.request_id, job_id=existing, x_cache="COALESCED", digests=plan.digests,
                         model=plan.target.model)
     if plan.in_quota:
-        _check_quota(pipe, backend, plan.tenant)
+        _check_quota(pipe, backend, seen.tenant_inflight)
     waiting = _waiting_windows(pipe, backend, plan)
     job_id = _enqueue(pipe, backend, plan, coalesce, phashes, standing, waiting)
     metrics.CACHE_MISSES.inc()
@@ -209,9 +232,9 @@ def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: Plan, coalesce: b
                     standing=standing, model=plan.target.model)
 
 
-def _check_quota(pipe: Pipeline, backend: Backend, tenant: str) -> None:
+def _check_quota(pipe: Pipeline, backend: Backend, inflight: int) -> None:
     limit = backend.settings.tenant_max_inflight
-    if limit and int(pipe.zcard(TENANT_INFLIGHT_PREFIX + tenant)) >= limit:
+    if limit and inflight >= limit:
         pipe.reset()
         raise TooManyRequestsError("inflight_quota", f"this tenant already has {limit} requests in flight",
                                    None, {"Retry-After": "5"})
@@ -233,12 +256,12 @@ def _waiting_windows(pipe: Pipeline, backend: Backend, plan: Plan) -> dict[str, 
             if status in _PENDING_RQ_STATES}
 
 
-def _live_job(pipe: Pipeline, inflight_key: str) -> str | None:
-    raw = pipe.get(inflight_key)
-    if raw is None:
+def _live_job(backend: Backend, inflight: bytes | None) -> str | None:
+    """The job the in-flight marker names, while RQ still has it pending."""
+    if inflight is None:
         return None
-    job_id = as_text(raw)
-    status = pipe.hget(Job.key_for(job_id), "status")
+    job_id = as_text(inflight)
+    status = backend.redis.hget(Job.key_for(job_id), "status")
     return job_id if status in _PENDING_RQ_STATES else None
 
 

@@ -21,6 +21,7 @@ from redis.client import Pipeline
 from cache.codec import as_text
 from worker.constants import JOB_REFS_PREFIX, JOB_REQUESTS_PREFIX, REQUEST_PREFIX
 from worker.contract import CacheMode, JobResult, RequestRecord
+from worker.scripts import AsyncScripts
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,18 @@ def attach(pipe: Pipeline, job_id: str, request_id: str) -> None:
     """Queue: one more request wants the job (coalescing)."""
     pipe.incr(JOB_REFS_PREFIX + job_id)
     pipe.sadd(JOB_REQUESTS_PREFIX + job_id, request_id)
+
+
+async def write_if_cached(scripts: AsyncScripts, request_id: str, record: RequestRecord, l1_key: str, ttl_s: int,
+                          idem_key: str | None) -> bytes | None:
+    """A cache hit in one round trip: the L1 answer under ``l1_key``, and if there is one the request's record
+    holding it (``record`` with that result) and its idempotency key; None (nothing written) on a miss."""
+    doc = record.model_dump_json(exclude_none=True)
+    if record.result is not None or not doc.endswith("}"):
+        raise ValueError("the record of a cache hit gets its result from the cache")
+    raw = await scripts.serve_hit(keys=[l1_key, _key(request_id), idem_key or l1_key],
+                                  args=[doc[:-1] + ',"result":', "}", ttl_s, "1" if idem_key else "0", request_id])
+    return raw if isinstance(raw, bytes) else None
 
 
 async def read(redis: AsyncRedis, request_id: str) -> Stored | None:

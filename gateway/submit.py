@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
@@ -88,8 +89,8 @@ async def submit(backend: Backend, submission: Submission, tenant: str, idem_key
     plan = plans.build(backend, submission, tenant, images, idem_key, target, in_quota,
                        [clip for clip, _ in sourced], windowed=(pieces[0].video, window_s) if pieces else None)
     mode = submission.params.cache
-    if mode is not CacheMode.OFF and (hit := await backend.cache.lookup(plan.key)) is not None:
-        return await _answer(backend, plan, hit)
+    if mode is not CacheMode.OFF and (hit := await backend.cache.lookup(plan.key, _recording(backend, plan))):
+        return await _answer(backend, plan, hit, recorded=hit.tier == "HIT-L1" and plan.webhook_url is None)
     await run_in_threadpool(_inspect_inline, plan, backend)
     phashes = None
     if mode is CacheMode.NEAR:
@@ -162,11 +163,32 @@ async def _phashes(backend: Backend, plan: Plan) -> list[str]:
     return await run_in_threadpool(lambda: [near.phash_hex(data) for data in datas])
 
 
-async def _answer(backend: Backend, plan: Plan, hit: Hit) -> Answered:
-    result = JobResult.model_validate_json(hit.raw)
+def _hit_record(plan: Plan, tier: str, result: JobResult | None) -> RequestRecord:
     # The request id of a cache hit can be polled (and streamed) like any other.
-    record = RequestRecord(tenant=plan.tenant, created_at=time.time(), x_cache=hit.tier, result=result,
-                           cache_key=plan.key, cache_mode=plan.submission.params.cache)
+    return RequestRecord(tenant=plan.tenant, created_at=time.time(), x_cache=tier, result=result,
+                         cache_key=plan.key, cache_mode=plan.submission.params.cache)
+
+
+def _recording(backend: Backend, plan: Plan) -> Callable[[str], Awaitable[bytes | None]] | None:
+    """How the L1 entry is read: with the request's record written in the same round trip (a request with a
+    webhook takes the longer path, which also queues the delivery)."""
+    if plan.webhook_url is not None:
+        return None
+
+    async def read(l1_key: str) -> bytes | None:
+        return await records.write_if_cached(backend.ascripts, plan.request_id, _hit_record(plan, "HIT-L1", None),
+                                             l1_key, backend.settings.result_ttl_s, plan.idem_key)
+
+    return read
+
+
+async def _answer(backend: Backend, plan: Plan, hit: Hit, recorded: bool = False) -> Answered:
+    """The answer of a cache hit; its record written here unless the L1 read already did (``recorded``)."""
+    result = JobResult.model_validate_json(hit.raw)
+    if recorded:
+        metrics.CACHE_HITS.labels(tier="l1").inc()
+        return Answered(request_id=plan.request_id, result=result, x_cache=hit.tier, digests=plan.digests)
+    record = _hit_record(plan, hit.tier, result)
     async with backend.aredis.pipeline(transaction=True) as pipe:
         records.write(pipe, plan.request_id, record, backend.settings.result_ttl_s)
         if plan.idem_key is not None:

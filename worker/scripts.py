@@ -79,3 +79,4 @@ class AsyncScripts:
         self.delete_media = AsyncLua(redis, source("delete_media"))
         self.keep_bytes = AsyncLua(redis, source("keep_bytes"))
         self.release_lock = AsyncLua(redis, source("release_lock"))
+        self.serve_hit = AsyncLua(redis, source("serve_hit"))

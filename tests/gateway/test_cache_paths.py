@@ -152,3 +152,37 @@ def test_job_finishing_between_lookup_and_enqueue_is_served_not_rerun(
     assert isinstance(outcome, plans.JustCached)
     assert outcome.raw == answer.encode()
     assert redis_client.llen(f"rq:queue:{INTERACTIVE_QUEUE}") == 0
+
+
+def test_an_l1_hit_is_one_round_trip_and_its_request_reads_like_any_other(
+        client_factory: Callable[..., TestClient], worker_factory: Callable[..., ThreadWorker],
+        image_factory: Callable[..., bytes], redis_client: Redis) -> None:
+    from loadtest.rqclient import command_counts
+
+    client = client_factory(janitor_interval_s=3600)
+    worker = worker_factory()
+    image = image_factory((12, 34, 56))
+    files = [("image", ("i.png", image, "image/png"))]
+    answer = result_of(client, client.post("/api/infer", data={"prompt": "q"}, files=files))
+    # Nothing else talks to Redis while the hit is counted (the fixture closes the worker's loop later).
+    assert worker.runner is not None
+    worker.loop.call_soon_threadsafe(worker.runner.request_stop)
+    worker.thread.join(timeout=15)
+    before = command_counts(redis_client)
+    hit = client.post("/api/infer", data={"prompt": "q"}, files=files)
+    after = command_counts(redis_client)
+    assert hit.status_code == 200 and hit.headers["x-cache"] == "HIT-L1"
+
+    def delta(name: str) -> int:
+        return after.get(name, 0) - before.get(name, 0)
+
+    # One round trip, one script: read L1 and write the request's record (no MULTI, no second GET).
+    assert (delta("eval"), delta("get"), delta("hset"), delta("multi")) == (1, 1, 1, 0)
+    request_id = hit.json()["request_id"]
+    polled = client.get(f"/api/result?request_id={request_id}").json()
+    assert polled["status"] == "done" and polled["x_cache"] == "HIT-L1"
+    assert polled["result"] == answer["result"]
+    first = client.post("/api/infer", data={"prompt": "q"}, files=files, headers={"Idempotency-Key": "hit-once"})
+    replay = client.post("/api/infer", data={"prompt": "q"}, files=files, headers={"Idempotency-Key": "hit-once"})
+    assert first.headers["x-cache"] == "HIT-L1" and replay.headers["x-cache"] == "IDEMPOTENT"
+    assert replay.json()["request_id"] == first.json()["request_id"] != request_id
