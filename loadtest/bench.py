@@ -4,10 +4,10 @@
     python -m loadtest.bench keys upload    # some of them
 
 keys      cache-key cost of a repeated 1080p upload, next to decode + pHash        (goal <= 1 ms)
-upload    cache-hit POST of a 1080p JPEG ÷ a bare FastAPI upload endpoint          (goal >= 0.7)
-overhead  submit -> done with the instant engine, gateway and queue-only; jobs/s   (goals p50 <= 5 ms, >= 500/s)
+upload    cache-hit POST of a 1080p JPEG ÷ a bare FastAPI upload endpoint          (goal >= 0.8)
+overhead  submit -> done with the instant engine, gateway and queue-only; jobs/s   (goals p50 <= 3 ms, >= 1500/s)
 curve     throughput and p99 at 1, 4, 16, 64 in flight, instant engine              (no goal: the curve)
-engine    queue-fed ÷ direct vLLM throughput, tiny model, same engine; and its curve (goal >= 0.9)
+engine    queue-fed ÷ direct vLLM throughput, tiny model, same engine; worker CPU/req (goals >= 0.95, <= +5 ms)
 stream    vLLM engine throughput with streamed deltas ÷ final-only, and first delta vs done (goal >= 0.95)
 coldstart a pool at zero: worker process start to its first job done, vLLM tiny model     (no goal)
 priority  interactive p95 with 500 Batch API lines queued ÷ idle, instant engine           (goal <= 1.5)

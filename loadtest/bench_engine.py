@@ -10,7 +10,8 @@ process, and both arms use that very engine, one after the other, for several ro
 
 Requests are the seed scenario (distinct 1080p JPEG, ~256-token prompt, 16 output tokens) unless told
 otherwise; no two requests share an image, so no cache helps either arm. The ratio is the median of
-per-round ratios (each round runs both arms back to back), because this machine is noisy. Goal: >= 0.9.
+per-round ratios (each round runs both arms back to back), because this machine is noisy. Goals: >= 0.95,
+and the worker process's CPU per request at most 5 ms above the direct arm's.
 Then the same comparison at 1 and 4 in flight shows the cost curve. Per-process CPU per request says
 where the time goes on a machine where every process competes for two cores.
 """
@@ -48,7 +49,9 @@ from worker.config import WorkerSettings
 from worker.contract import SamplingParams
 from worker.engine import Engine, EngineRequest, generate
 
-GOAL = 0.9
+GOAL = 0.95
+# The worker process's CPU per request may exceed the direct arm's (the same process driving the engine) by this.
+WORKER_CPU_GAP_GOAL_MS = 5.0
 # (in flight, requests) beyond the main comparison. No 64: by then the engine core has cached ~330 distinct
 # processed 1080p images (vLLM's mm processor cache, 4 GiB by default) and, on a 24 GiB machine shared with
 # other engines, was OOM-killed every time; the instant-engine curve covers 64 in flight.
@@ -250,8 +253,19 @@ def _report(results: list[ArmRun], work: Workload, settings: WorkerSettings) -> 
     errors = [error for result in results for error in result.run.errors]
     if errors:
         print(f"{len(errors)} errors, first: {errors[0]}", file=sys.stderr)
+    gap = _worker_cpu_gap(results, work.concurrency)
+    print(f"worker-process CPU per request at {work.concurrency} in flight, queue-fed - direct: {gap:.1f} ms")
     return [Check(f"queue-fed ÷ direct engine throughput at {work.concurrency} in flight",
-                  _ratio(results, work.concurrency), GOAL, higher_is_better=True)]
+                  _ratio(results, work.concurrency), GOAL, higher_is_better=True),
+            Check("worker-process CPU per request, queue-fed - direct", gap, WORKER_CPU_GAP_GOAL_MS,
+                  higher_is_better=False, unit=" ms")]
+
+
+def _worker_cpu_gap(results: list[ArmRun], concurrency: int) -> float:
+    """What feeding the engine from the queue costs the process that runs it, per request (median of rounds)."""
+    def cpu(arm: str) -> float:
+        return median([r.run.group_cpu_ms("worker") for r in results if r.arm == arm and r.run.concurrency == concurrency])
+    return cpu("queue") - cpu("direct")
 
 
 def run(count: int = 48, concurrency: int = 16, size: tuple[int, int] = FULL_HD, max_tokens: int = 16,
