@@ -264,7 +264,8 @@ def _report(results: list[ArmRun], work: Workload, settings: WorkerSettings) -> 
 def _worker_cpu_gap(results: list[ArmRun], concurrency: int) -> float:
     """What feeding the engine from the queue costs the process that runs it, per request (median of rounds)."""
     def cpu(arm: str) -> float:
-        return median([r.run.group_cpu_ms("worker") for r in results if r.arm == arm and r.run.concurrency == concurrency])
+        return median([result.run.group_cpu_ms("worker") for result in results
+                       if result.arm == arm and result.run.concurrency == concurrency])
     return cpu("queue") - cpu("direct")
 
 
