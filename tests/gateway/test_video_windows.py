@@ -229,3 +229,20 @@ def test_a_window_whose_worker_vanished_is_ended_by_the_janitor_and_the_merge_go
     assert body["status"] == "done" and body["result"]["partial"] is True, body
     lost = [segment for segment in body["result"]["segments"] if segment["text"] is None]
     assert [(segment["start_s"], segment["error"]["code"]) for segment in lost] == [(0, "worker_lost")]
+
+
+def test_a_window_and_the_same_stretch_asked_alone_share_one_job(
+        client: TestClient, worker_factory: Callable[..., ThreadWorker]) -> None:
+    # The synthetic videos are deterministic: the first 2 s of a 10 s video are the same frames, at the same
+    # times, as a 2 s video, so its first window and a question about the short clip have one key.
+    long_id, short_id = upload(client, seconds=10, fps="2"), upload(client, seconds=2, fps="2")
+    windowed = ask(client, long_id, video={"window_s": 2})
+    alone = ask(client, short_id, video={"window_s": 2})
+    assert windowed.status_code == 202 and alone.status_code == 202
+    assert alone.json()["x_cache"] == "COALESCED"
+    engine = InstantEngine()
+    worker_factory(engine)
+    whole = final(client, windowed.json()["request_id"])
+    short = final(client, alone.json()["request_id"])
+    assert short["result"]["text"] == whole["result"]["segments"][0]["text"]
+    assert engine.calls == 5  # five windows; the short clip rode on the first
