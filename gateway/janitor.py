@@ -5,6 +5,7 @@ It runs in every gateway process but sweeps in one at a time (a Redis lock). Eac
   written, only RQ's bookkeeping is finished; else the job is retried while it has retries left, and
   otherwise ends ``failed`` with ``worker_lost``;
 - jobs a worker popped but never registered (it died in between) go back to the front of the queue;
+- merge jobs of long videos deferred on windows that can no longer end are released;
 - queue gauges for metrics and autoscaling.
 """
 
@@ -26,7 +27,7 @@ from rq.utils import str_to_date
 
 from cache.codec import as_text
 from gateway import metrics
-from worker import capacity
+from worker import capacity, merges
 from worker.completion import Ending, end_job, record_in_rq, result_key
 from worker.constants import JANITOR_LOCK
 from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState, Priority
@@ -69,7 +70,16 @@ class Janitor:
         """One pass over every queue; returns how many jobs it ended, retried or requeued."""
         for model in self.pools:
             capacity.forget_lapsed(self.redis, model)
-        return sum(self.sweep_expired(queue) + self.sweep_popped(queue) for queue in self.queues)
+        return sum(self.sweep_expired(queue) + self.sweep_popped(queue) + self.sweep_deferred(queue)
+                   for queue in self.queues)
+
+    def sweep_deferred(self, queue: Queue) -> int:
+        """Merge jobs of long videos that wait for windows which can no longer end (their job deleted): released,
+        so the merge ends the request (the lost windows named) instead of leaving it queued forever."""
+        released = merges.release_orphans(self.redis, queue)
+        for merge_id in released:
+            log.warning("merge job %s waited for windows that are gone; released", merge_id)
+        return len(released)
 
     def sweep_expired(self, queue: Queue) -> int:
         now = time.time()

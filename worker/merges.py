@@ -70,6 +70,29 @@ def window_ended(redis: Redis, scripts: Scripts, job_id: str, state: str) -> lis
     return release(redis, job_id)
 
 
+def release_orphans(redis: Redis, queue: Queue) -> list[str]:
+    """Enqueue the merge jobs deferred on ``queue`` that wait for nothing any more: a window whose job was
+    deleted before it ended (its hash gone) has no end to release them. The janitor's safety net."""
+    deferred = [as_text(raw) for raw in redis.zrange(DeferredJobRegistry(queue.name, connection=redis,
+                                                                        serializer=JSONSerializer).key, 0, -1)]
+    released = []
+    for merge_id in deferred:
+        with redis.pipeline() as pipe:
+            try:
+                pipe.watch(Job.key_for(merge_id))  # type: ignore[no-untyped-call]
+                job = Job.fetch_many([merge_id], connection=redis, serializer=JSONSerializer)[0]
+                if job is None or not _ready(redis, job):
+                    pipe.reset()
+                    continue
+                pipe.multi()
+                _enqueue(pipe, redis, [job])
+                pipe.execute()
+                released.append(merge_id)
+            except WatchError:
+                continue  # it changed (released, canceled): the next sweep looks again
+    return released
+
+
 def release(redis: Redis, job_id: str) -> list[str]:
     """Enqueue each job deferred on ``job_id`` whose dependencies have all ended (and forget those no longer
     deferred); the ids enqueued."""

@@ -246,3 +246,19 @@ def test_a_window_and_the_same_stretch_asked_alone_share_one_job(
     short = final(client, alone.json()["request_id"])
     assert short["result"]["text"] == whole["result"]["segments"][0]["text"]
     assert engine.calls == 5  # five windows; the short clip rode on the first
+
+
+def test_a_merge_whose_windows_were_deleted_is_released_by_the_janitor(
+        client: TestClient, redis_client: Redis, worker_factory: Callable[..., ThreadWorker]) -> None:
+    media_id = upload(client, seconds=4, fps="2")
+    request_id = ask(client, media_id, video={"window_s": 2}).json()["request_id"]
+    queue = open_queues(redis_client, MODEL)[Priority.INTERACTIVE]
+    # The windows' jobs vanish before any worker took them (an operator's cleanup, say): no end will come.
+    for raw in redis_client.lrange(queue.key, 0, -1):
+        redis_client.delete(Job.key_for(raw.decode()))
+    redis_client.delete(queue.key)
+    worker_factory()
+    body = final(client, request_id)
+    assert body["status"] == "failed", body
+    assert "every window of the video failed" in body["error"]["message"]
+    assert DeferredJobRegistry(queue.name, connection=redis_client).get_job_ids() == []
