@@ -13,6 +13,7 @@ coalesced request), so cancelling the request reaches every window no other requ
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, replace
 
 from starlette.concurrency import run_in_threadpool
@@ -24,6 +25,8 @@ from gateway.intake import Submission, VideoParams
 from gateway.plans import Accepted, JustCached, Plan, Replayed
 from worker.constants import TENANT_INFLIGHT_PREFIX
 from worker.contract import CacheMode, JobResult, Span, VideoClip, WindowRef
+
+_FAN_OUT_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,20 @@ async def fan_out(backend: Backend, whole: Plan, pieces: list[Piece],
                   standing: eta.Standing) -> Accepted | Replayed | JustCached:
     """Enqueue (or find answered, or attach to) each window's job, then the merge job over them."""
     await _check_quota(backend, whole)
-    refs: list[WindowRef] = []
+    # Windows are enqueued a few at a time (each is its own transaction on its own keys): an hour of
+    # windows is accepted in tens of milliseconds without taking every thread of the pool.
+    limit = asyncio.Semaphore(_FAN_OUT_CONCURRENCY)
+
+    async def one(piece: Piece) -> WindowRef:
+        async with limit:
+            return await _window(backend, whole, piece, standing)
+
+    found = await asyncio.gather(*(one(piece) for piece in pieces), return_exceptions=True)
+    refs = [ref for ref in found if isinstance(ref, WindowRef)]
     try:
-        for piece in pieces:
-            refs.append(await _window(backend, whole, piece, standing))
+        failure = next((item for item in found if isinstance(item, BaseException)), None)
+        if failure is not None:
+            raise failure
         outcome = await run_in_threadpool(plans.enqueue_or_attach, backend, replace(whole, windows=refs), None,
                                           standing)
     except BaseException:

@@ -262,3 +262,15 @@ def test_a_merge_whose_windows_were_deleted_is_released_by_the_janitor(
     assert body["status"] == "failed", body
     assert "every window of the video failed" in body["error"]["message"]
     assert DeferredJobRegistry(queue.name, connection=redis_client).get_job_ids() == []
+
+
+def test_a_long_video_over_the_tenant_quota_is_refused_before_any_window_is_enqueued(
+        client_factory: Callable[..., TestClient], redis_client: Redis) -> None:
+    client = client_factory(tenant_max_inflight=1)
+    media_id = upload(client, seconds=4, fps="2")
+    assert ask(client, media_id, text="first").status_code == 202  # 4 s, one window: one request in flight
+    queue = open_queues(redis_client, MODEL)[Priority.INTERACTIVE]
+    depth = redis_client.llen(queue.key)
+    refused = ask(client, media_id, text="second", video={"window_s": 1})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "inflight_quota", refused.text
+    assert redis_client.llen(queue.key) == depth
