@@ -20,6 +20,7 @@ import io
 import re
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ _BOMB_LOG = re.compile(r"Picture size (\d+)x(\d+) exceeds")
 # Frames whose presentation time went backwards (or is missing) are skipped; this many means corrupt.
 _MAX_DISORDERED = 16
 JPEG_QUALITY = 90
+# Held while PyAV's log callback is installed (``_open_logged``).
+_LOGGING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,6 @@ def sample(data: bytes, fps: float, limits: VideoLimits, cancel: threading.Event
     if len(data) > limits.max_bytes:
         raise PayloadTooLargeError("video_too_large", f"the video is larger than {limits.max_bytes} bytes", PARAM)
     demuxer, media_type, codecs = _CONTAINERS[kind]
-    # FFmpeg's messages reach Python (and ``av.logging.Capture``) only once a level is set.
-    av.logging.set_level(av.logging.ERROR)
     deadline = time.monotonic() + limits.decode_timeout_s
     with _opened(data, demuxer, limits) as container:
         stream = _video_stream(container, codecs)
@@ -138,8 +139,7 @@ def _opened(data: bytes, demuxer: str, limits: VideoLimits) -> Iterator[Any]:
     # max_pixels makes FFmpeg's decoders refuse a frame bomb before allocating it, even while probing.
     options = {"max_pixels": str(limits.max_pixels), "max_streams": str(_MAX_STREAMS * 2)}
     try:
-        with av.logging.Capture() as logs:
-            container = av.open(io.BytesIO(data), format=demuxer, options=options)
+        container, logs = _open_logged(data, demuxer, options)
     except av.error.EOFError as exc:
         # The file ends before its first frame: cut short, or written with no frame at all.
         raise UnprocessableError("truncated_video", "the video ends before its first frame", PARAM) from exc
@@ -152,6 +152,24 @@ def _opened(data: bytes, demuxer: str, limits: VideoLimits) -> Iterator[Any]:
         raise UnprocessableError("corrupt_video", "the video is corrupt or truncated", PARAM) from exc
     finally:
         container.close()
+
+
+def _open_logged(data: bytes, demuxer: str, options: dict[str, str]) -> tuple[Any, list[tuple[int, str, str]]]:
+    """Open the container with FFmpeg's messages captured (a refused frame bomb is told only there).
+
+    PyAV's log callback takes the GIL. Installed while a decode runs, a codec context freed (with the GIL held)
+    while one of FFmpeg's decoder threads logs (a corrupt packet, say) waits for that thread forever: a CI run
+    hung so. So it is installed only around the open, under a lock (the level is process-wide), where FFmpeg
+    probes with a single thread; decoding runs with PyAV's no-op callback.
+    """
+    with _LOGGING:
+        av.logging.set_level(av.logging.ERROR)
+        try:
+            with av.logging.Capture() as logs:
+                container = av.open(io.BytesIO(data), format=demuxer, options=options)
+        finally:
+            av.logging.set_level(None)
+    return container, list(logs)
 
 
 def _refuse_bomb(logs: list[tuple[int, str, str]], limits: VideoLimits) -> None:
@@ -364,4 +382,22 @@ class Decoder:
 
 def _run_sample(data: bytes, fps: float, limits: VideoLimits, cancel: threading.Event) -> Sampled:
     # Looked up at call time, so tests can count or slow down decodes.
-    return sample(data, fps, limits, cancel)
+    try:
+        return sample(data, fps, limits, cancel)
+    except BaseException as exc:
+        # The refusal travels to the event loop; the PyAV objects its traceback holds (streams, codec contexts,
+        # frames) are freed here, in the decoding thread, not wherever the exception is dropped.
+        _drop_frames(exc)
+        raise
+
+
+def _drop_frames(exc: BaseException) -> None:
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        item = pending.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        traceback.clear_frames(item.__traceback__)
+        pending += [item.__cause__, item.__context__]
