@@ -233,9 +233,17 @@ def _attach_or_enqueue(pipe: Pipeline, backend: Backend, plan: Plan, coalesce: b
 
 
 def _check_quota(pipe: Pipeline, backend: Backend, inflight: int) -> None:
+    try:
+        check_quota(backend, inflight)
+    except TooManyRequestsError:
+        pipe.reset()
+        raise
+
+
+def check_quota(backend: Backend, inflight: int) -> None:
+    """429 if a tenant with ``inflight`` requests in flight may have no more."""
     limit = backend.settings.tenant_max_inflight
     if limit and inflight >= limit:
-        pipe.reset()
         raise TooManyRequestsError("inflight_quota", f"this tenant already has {limit} requests in flight",
                                    None, {"Retry-After": "5"})
 

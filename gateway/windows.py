@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway import clips, eta, plans, results
 from gateway.backend import Backend
-from gateway.errors import TooManyRequestsError, UnprocessableError
+from gateway.errors import UnprocessableError
 from gateway.intake import Submission, VideoParams
 from gateway.plans import Accepted, JustCached, Plan, Replayed
 from worker.constants import TENANT_INFLIGHT_PREFIX
@@ -102,7 +102,5 @@ async def _window(backend: Backend, whole: Plan, piece: Piece, standing: eta.Sta
 async def _check_quota(backend: Backend, whole: Plan) -> None:
     """The tenant's in-flight quota, before any window is enqueued (the merge job's transaction checks it
     exactly again; if that refuses, the windows are given back)."""
-    limit = backend.settings.tenant_max_inflight
-    if whole.in_quota and limit and await backend.aredis.zcard(TENANT_INFLIGHT_PREFIX + whole.tenant) >= limit:
-        raise TooManyRequestsError("inflight_quota", f"this tenant already has {limit} requests in flight",
-                                   None, {"Retry-After": "5"})
+    if whole.in_quota and backend.settings.tenant_max_inflight:
+        plans.check_quota(backend, await backend.aredis.zcard(TENANT_INFLIGHT_PREFIX + whole.tenant))

@@ -49,9 +49,10 @@ def merged(job_id: str, payload: InferJob, ends: list[JobResult | None], started
     segment per window and a timeline as the text. A failed window is named in its segment and makes the
     answer ``partial`` (not cached, so asking again runs that window again); if every window failed, so does
     the request."""
-    segments = [_segment(window, end) for window, end in zip(payload.windows, ends, strict=True)]
-    answered = [(window, end) for window, end in zip(payload.windows, _outputs(payload.windows, ends), strict=True)
-                if end is not None]
+    outputs = [_output(window, end) for window, end in zip(payload.windows, ends, strict=True)]
+    segments = [_segment(window, end, output) for window, end, output in zip(payload.windows, ends, outputs,
+                                                                             strict=True)]
+    answered = [output for output in outputs if output is not None]
     failed_at = [segment for segment in segments if segment.text is None]
     if not answered:
         spans = ", ".join(_clock(segment) for segment in failed_at[:5])
@@ -61,9 +62,9 @@ def merged(job_id: str, payload: InferJob, ends: list[JobResult | None], started
                      + (f": {first.code}: {first.message}" if first else ""), started)
     now = time.time()
     text = "\n".join(_line(segment) for segment in segments)
-    finish = "length" if any(output.finish_reason == "length" for _, output in answered) else "stop"
-    usage = Usage(prompt_tokens=sum(output.usage.prompt_tokens for _, output in answered),
-                  completion_tokens=sum(output.usage.completion_tokens for _, output in answered))
+    finish = "length" if any(output.finish_reason == "length" for output in answered) else "stop"
+    usage = Usage(prompt_tokens=sum(output.usage.prompt_tokens for output in answered),
+                  completion_tokens=sum(output.usage.completion_tokens for output in answered))
     result = JobResult(
         state=JobState.DONE, model=payload.model, finished_at=now,
         result=InferOutput(text=text, finish_reason=finish, usage=usage, segments=segments,
@@ -75,14 +76,14 @@ def merged(job_id: str, payload: InferJob, ends: list[JobResult | None], started
     return Ending(job_id=job_id, result=result, payload=kept)
 
 
-def _outputs(windows: list[WindowRef], ends: list[JobResult | None]) -> list[InferOutput | None]:
-    return [window.output if window.output is not None
-            else end.result if end is not None and end.state is JobState.DONE else None
-            for window, end in zip(windows, ends, strict=True)]
+def _output(window: WindowRef, end: JobResult | None) -> InferOutput | None:
+    """A window's answer: the one the cache had, or its job's if that job answered."""
+    if window.output is not None:
+        return window.output
+    return end.result if end is not None and end.state is JobState.DONE else None
 
 
-def _segment(window: WindowRef, end: JobResult | None) -> Segment:
-    output = _outputs([window], [end])[0]
+def _segment(window: WindowRef, end: JobResult | None, output: InferOutput | None) -> Segment:
     if output is not None:
         return Segment(start_s=window.start_s, end_s=window.end_s, text=output.text)
     error = (end.error if end is not None and end.error is not None

@@ -106,11 +106,12 @@ def release(redis: Redis, job_id: str) -> list[str]:
                     pipe.reset()
                     return []
                 pipe.watch(*[Job.key_for(dependent) for dependent in ids])  # type: ignore[no-untyped-call]
-                found = [job for job in Job.fetch_many(ids, connection=redis, serializer=JSONSerializer) if job]
-                ready = [job for job in found if _ready(redis, job)]
-                done_with = {job.id for job in ready} | {dependent for dependent in ids
-                                                         if dependent not in {job.id for job in found}
-                                                         or _status(redis, dependent) != JobStatus.DEFERRED}
+                jobs = Job.fetch_many(ids, connection=redis, serializer=JSONSerializer)
+                deferred = [job for job, status in zip(jobs, _statuses(redis, ids), strict=True)
+                            if job is not None and status is not None and as_text(status) == JobStatus.DEFERRED]
+                ready = [job for job in deferred if _waits_for_nothing(redis, job)]
+                # Gone, no longer deferred, or released now: none of these waits on this job any more.
+                done_with = set(ids) - {job.id for job in deferred} | {job.id for job in ready}
                 pipe.multi()
                 _enqueue(pipe, redis, ready)
                 if done_with:
@@ -126,9 +127,12 @@ def _status(redis: Redis, job_id: str) -> str:
 
 
 def _ready(redis: Redis, job: Job) -> bool:
-    """Still deferred, and every job it depends on has ended (or is gone: nothing more will come of it)."""
-    if _status(redis, job.id) != JobStatus.DEFERRED:
-        return False
+    """Still deferred, and every job it depends on has ended."""
+    return _status(redis, job.id) == JobStatus.DEFERRED and _waits_for_nothing(redis, job)
+
+
+def _waits_for_nothing(redis: Redis, job: Job) -> bool:
+    """Every job it depends on has ended (or is gone: nothing more will come of it)."""
     statuses = _statuses(redis, [as_text(raw) for raw in redis.smembers(job.dependencies_key)])
     return all(status is None or as_text(status) in _ENDED for status in statuses)
 
