@@ -19,11 +19,11 @@ from typing import Any, Literal, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway.config import GatewaySettings
 from gateway.errors import BadRequestError, PayloadTooLargeError, UnprocessableError, UnsupportedMediaError
+from gateway.forms import FilePart, FormError, FormLimits, read_form
 from gateway.messages import ImageInput, Limits, MessageIn, VideoSource, check_text, to_conversation
 from gateway.response_format import SchemaLimits, check_schema
 from worker.contract import CacheMode, ImagePart, Message, Priority, ResponseFormat, Role, SamplingParams, TextPart
@@ -167,16 +167,15 @@ async def read_submission(request: Request, settings: GatewaySettings) -> Submis
     raise UnsupportedMediaError("unsupported_content_type", "send multipart/form-data or application/json", None)
 
 
-def _single_turn(params: InferParams, images: list[bytes], settings: GatewaySettings, field: str) -> Submission:
+def _single_turn(params: InferParams, inputs: list[ImageInput], settings: GatewaySettings, field: str) -> Submission:
     """The older shape: one user turn of images, then the prompt."""
     if params.prompt is None:
         raise UnprocessableError("prompt_empty", "a prompt is required", "prompt")
-    if not images:
+    if not inputs:
         raise BadRequestError("missing_image", "at least one image is required", field)
-    if len(images) > settings.max_images:
+    if len(inputs) > settings.max_images:
         raise BadRequestError("too_many_images", f"at most {settings.max_images} images per request", field)
-    inputs = [ImageInput(param=f"{field}[{index}]", data=data) for index, data in enumerate(images)]
-    parts: list[TextPart | ImagePart] = [ImagePart(image=index) for index in range(len(images))]
+    parts: list[TextPart | ImagePart] = [ImagePart(image=index) for index in range(len(inputs))]
     parts.append(TextPart(text=params.prompt))
     if len(params.prompt) > settings.max_prompt_chars:
         raise UnprocessableError("prompt_too_long",
@@ -224,38 +223,28 @@ def _with_preset_prompt(task: Task, messages: list[Message]) -> list[Message]:
     return [Message(role=Role.SYSTEM, content=[TextPart(text=system)]), *messages]
 
 
-async def _from_multipart(request: Request, settings: GatewaySettings) -> tuple[InferParams, list[bytes]]:
-    form = await _parse_form(request, settings)
+async def _from_multipart(request: Request, settings: GatewaySettings) -> tuple[InferParams, list[ImageInput]]:
+    limits = FormLimits(max_files=settings.max_images, max_fields=len(_FIELDS),
+                        max_field_bytes=settings.max_prompt_chars * 4 + 1024, max_file_bytes=settings.max_image_bytes)
     try:
-        fields: dict[str, Any] = {}
-        images: list[bytes] = []
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                images.append(await _read_upload(name, value, settings))
-            elif name in _FIELDS and name not in fields:
-                fields[name] = value
-            else:
-                raise BadRequestError("unexpected_field", f"unexpected or repeated field {name!r}", name)
-        if "prompt" not in fields:
-            raise UnprocessableError("prompt_empty", "a prompt is required", "prompt")
-        return _params(InferParams, fields), images
-    finally:
-        await form.close()
-
-
-async def _parse_form(request: Request, settings: GatewaySettings) -> FormData:
-    parser = StrictMultiPartParser(request.headers, request.stream(), max_files=settings.max_images,
-                                    max_fields=len(_FIELDS), max_part_size=settings.max_prompt_chars * 4 + 1024)
-    try:
-        return await parser.parse()
-    except MultiPartException as exc:
+        form = await read_form(request.headers.get("content-type", ""), request.stream(), limits)
+    except FormError as exc:
         raise BadRequestError("malformed_multipart", exc.message, None) from exc
-
-
-async def _read_upload(name: str, upload: UploadFile, settings: GatewaySettings) -> bytes:
-    if name != "image":
-        raise BadRequestError("unexpected_field", f"files go in the 'image' field, not {name!r}", name)
-    return await upload.read(settings.max_image_bytes + 1)
+    fields: dict[str, Any] = {}
+    images: list[ImageInput] = []
+    for item in form.items:
+        if isinstance(item, FilePart):
+            if item.name != "image":
+                raise BadRequestError("unexpected_field", f"files go in the 'image' field, not {item.name!r}",
+                                      item.name)
+            images.append(ImageInput(param=f"image[{len(images)}]", data=item.data, digest=item.digest))
+        elif item[0] in _FIELDS and item[0] not in fields:
+            fields[item[0]] = item[1]
+        else:
+            raise BadRequestError("unexpected_field", f"unexpected or repeated field {item[0]!r}", item[0])
+    if "prompt" not in fields:
+        raise UnprocessableError("prompt_empty", "a prompt is required", "prompt")
+    return _params(InferParams, fields), images
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
@@ -276,7 +265,8 @@ async def _from_json(request: Request, settings: GatewaySettings) -> Submission:
     if body.messages is None:
         if len(body.images) > settings.max_images:
             raise BadRequestError("too_many_images", f"at most {settings.max_images} images per request", "images")
-        images = [decode_data_url(url, f"images[{index}]", settings.max_image_bytes)
+        images = [ImageInput(param=f"images[{index}]",
+                             data=decode_data_url(url, f"images[{index}]", settings.max_image_bytes))
                   for index, url in enumerate(body.images)]
         return _single_turn(params, images, settings, "images")
     return conversation_submission(params, body.messages, settings)

@@ -114,8 +114,10 @@ class BodyLimit:
             nonlocal seen
             # Each read may stall at most read_timeout_s, and all reads together end by the deadline.
             timeout = min(self.read_timeout_s, max(deadline - time.monotonic(), 0.0))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for wraps every read in a new task.
             try:
-                message = await asyncio.wait_for(receive(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    message = await receive()
             except TimeoutError as exc:
                 raise RequestTimeoutError("body_timeout", "the request body arrived too slowly", None,
                                           {"Connection": "close"}) from exc

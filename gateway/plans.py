@@ -7,6 +7,7 @@ video, so coalescing, quotas and idempotency are the same for both.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 import uuid
@@ -82,7 +83,8 @@ class Plan:
     request_id: str
     tenant: str
     key: str
-    bucket: str
+    # What the key is taken of (``cache.keys``): the near bucket is worked out from it when a miss needs it.
+    key_doc: dict[str, Any]
     images: list[PlanImage]
     submission: Submission
     idem_key: str | None
@@ -95,6 +97,11 @@ class Plan:
     span: Span | None = None
     # A merge job of a long video: its windows (``gateway.windows``).
     windows: list[WindowRef] = field(default_factory=list)
+
+    @functools.cached_property
+    def bucket(self) -> str:
+        """The near-duplicate bucket: everything of the key but the images' content."""
+        return near_bucket(**self.key_doc)
 
     @property
     def webhook_url(self) -> str | None:
@@ -147,7 +154,7 @@ def build(backend: Backend, submission: Submission, tenant: str, images: list[Pl
         "conversation": conversation, "task": submission.task.value,
         "response_format": submission.response_format.model_dump(mode="json"),
         "sampling": submission.sampling.model_dump(mode="json")}
-    return Plan(request_id=new_request_id(), tenant=tenant, key=cache_key(**common), bucket=near_bucket(**common),
+    return Plan(request_id=new_request_id(), tenant=tenant, key=cache_key(**common), key_doc=common,
                 images=images, submission=submission, idem_key=idem_key, target=target, in_quota=in_quota,
                 videos=videos, span=span)
 

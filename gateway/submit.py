@@ -118,11 +118,11 @@ async def _images(backend: Backend, submission: Submission, tenant: str) -> list
     for source in submission.images:
         if source.data is not None:
             sniff(source.data, backend.image_limits, source.param)
-            found.append(PlanImage(source=source, digest="", data=source.data))
+            found.append(PlanImage(source=source, digest=source.digest or "", data=source.data))
         else:
             item = await media.resolve(backend, tenant, str(source.media_id), source.param)
             found.append(PlanImage(source=source, digest=item.record.digest, ref=item.image_ref()))
-    inline = [image for image in found if image.data is not None]
+    inline = [image for image in found if image.data is not None and not image.digest]
     # BLAKE3 hashes about 10 MB/ms here: below a megabyte a thread-pool hop costs more than the hash.
     if sum(len(image.data or b"") for image in inline) <= 1 << 20:
         digests = [image_digest(image.data or b"") for image in inline]
