@@ -12,6 +12,7 @@ from redis import Redis
 from rq.job import Job
 from rq.queue import Queue
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
+from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from cache.keys import image_digest
@@ -47,9 +48,20 @@ def test_a_burst_ends_with_every_registry_telling_the_truth(
     assert set(FinishedJobRegistry(queue.name, connection=redis_client).get_job_ids()) == ids
     assert StartedJobRegistry(queue.name, connection=redis_client).get_job_ids() == []
     assert redis_client.llen(queue.key) == 0 and redis_client.llen(queue.intermediate_queue_key) == 0
-    statuses = {job.get_status() for job in Job.fetch_many(list(ids), connection=redis_client,
-                                                           serializer=JSONSerializer) if job}
-    assert statuses == {"finished"}
+    stored = [job for job in Job.fetch_many([job.id for job in jobs], connection=redis_client,
+                                             serializer=JSONSerializer) if job]
+    assert len(stored) == len(jobs) and {job.get_status() for job in stored} == {"finished"}
+    for index, job in enumerate(stored):
+        # The hash still holds the payload (the end rewrites only status and ended_at), the end is timed,
+        # the job expires with its result, and RQ's result API answers what the result document says.
+        assert job.kwargs["job"]["prompt"] == f"queue-only probe {index}"
+        assert job.started_at is not None and job.ended_at is not None and job.ended_at >= job.started_at
+        assert 0 < redis_client.ttl(job.key) <= 600
+        latest = job.latest_result()
+        assert latest is not None and latest.type is Result.Type.SUCCESSFUL
+        assert JobResult.model_validate(latest.return_value) == JobResult.model_validate_json(
+            redis_client.get(result_key(job.id)) or b"")
+        assert redis_client.zcard(f"rq:executions:{job.id}") == 0
     assert worker.engine.calls == len(jobs)  # type: ignore[attr-defined]
 
 
