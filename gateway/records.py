@@ -28,6 +28,7 @@ from worker.scripts import AsyncScripts
 class Stored:
     """A request record as read back, with whether the client canceled it."""
 
+    request_id: str
     record: RequestRecord
     canceled: bool
 
@@ -69,7 +70,12 @@ async def write_if_cached(scripts: AsyncScripts, request_id: str, record: Reques
 
 async def read(redis: AsyncRedis, request_id: str) -> Stored | None:
     """The record, or None if unknown (or unreadable: treated as unknown, never a crash)."""
-    return _decode(await redis.hgetall(_key(request_id)))
+    return _decode(request_id, await redis.hgetall(_key(request_id)))
+
+
+def read_canceled(pipe: AsyncPipeline, request_id: str) -> None:
+    """Queue a read of whether the request was canceled (its one field that changes after it is written)."""
+    pipe.hexists(_key(request_id), "canceled")
 
 
 async def read_many(redis: AsyncRedis, request_ids: list[str]) -> list[Stored | None]:
@@ -78,10 +84,10 @@ async def read_many(redis: AsyncRedis, request_ids: list[str]) -> list[Stored | 
         for request_id in request_ids:
             pipe.hgetall(_key(request_id))
         replies = await pipe.execute()
-    return [_decode(fields) for fields in replies]
+    return [_decode(request_id, fields) for request_id, fields in zip(request_ids, replies, strict=True)]
 
 
-def _decode(fields: Mapping[Any, Any]) -> Stored | None:
+def _decode(request_id: str, fields: Mapping[Any, Any]) -> Stored | None:
     if not fields:
         return None
     try:
@@ -89,7 +95,7 @@ def _decode(fields: Mapping[Any, Any]) -> Stored | None:
                   else _legacy(fields))
     except (ValidationError, ValueError, KeyError):
         return None
-    return Stored(record=record, canceled=b"canceled" in fields)
+    return Stored(request_id=request_id, record=record, canceled=b"canceled" in fields)
 
 
 def _legacy(fields: Mapping[Any, Any]) -> RequestRecord:

@@ -70,10 +70,21 @@ def final_body(request_id: str, result: JobResult, x_cache: str) -> dict[str, An
 
 async def view(backend: Backend, request_id: str, tenant: str, with_standing: bool = True) -> View:
     """The request's current state; 404 if unknown (or another tenant's), 410 if its result expired."""
+    return await _job_view(backend, await _stored(backend, request_id, tenant), with_standing)
+
+
+async def _stored(backend: Backend, request_id: str, tenant: str) -> records.Stored:
     stored = await records.read(backend.aredis, request_id)
     if stored is None or stored.record.tenant != tenant:
         raise NotFoundError("request_not_found", "no such request", "request_id")
-    record = stored.record
+    return stored
+
+
+async def _job_view(backend: Backend, stored: records.Stored, with_standing: bool, again: bool = False) -> View:
+    """The state of a request whose record was read: from it (a cache hit, a cancel), else from its job.
+    ``again``: the record was read earlier, so its cancel flag is read again with the job's state (a record
+    changes in nothing else), in the same round trip."""
+    record, request_id = stored.record, stored.request_id
     if record.result is not None:
         return View(request_id, record.result.state, record.result, x_cache=record.x_cache)
     if stored.canceled:
@@ -82,7 +93,11 @@ async def view(backend: Backend, request_id: str, tenant: str, with_standing: bo
     async with backend.aredis.pipeline(transaction=False) as pipe:
         pipe.get(result_key(job_id))
         pipe.hget(Job.key_for(job_id), "status")
-        raw, status = await pipe.execute()
+        if again:
+            records.read_canceled(pipe, request_id)
+        raw, status, *canceled = await pipe.execute()
+    if canceled and canceled[0]:
+        return _ended(request_id, JobState.CANCELED, ErrorCode.CANCELED, "the request was canceled")
     if raw is not None:
         result = JobResult.model_validate_json(raw)
         return View(request_id, result.state, result, x_cache=record.x_cache)
@@ -170,18 +185,21 @@ def stop_job(backend: Backend, job_id: str) -> InferJob | None:
 
 async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: float) -> View:
     """Like ``view``, but wait up to ``wait_s`` for a pending request to end (no polling loop)."""
-    current = await view(backend, request_id, tenant, with_standing=False)
+    # The record is read once: after it only the job's state and the cancel flag can change (4 round
+    # trips for a request that ends while waited on, where re-reading every view took 6).
+    stored = await _stored(backend, request_id, tenant)
+    current = await _job_view(backend, stored, with_standing=False)
     deadline = time.monotonic() + wait_s
     while current.job_id is not None and (left := deadline - time.monotonic()) > 0:
         async with backend.waiter.watch(current.job_id) as ended:
-            current = await view(backend, request_id, tenant, with_standing=False)
+            current = await _job_view(backend, stored, with_standing=False, again=True)
             if current.state.is_final:
                 break
             with suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), timeout=left)
-        current = await view(backend, request_id, tenant, with_standing=False)
+        current = await _job_view(backend, stored, with_standing=False, again=True)
     if current.state is JobState.QUEUED and current.job_id is not None:
-        return await view(backend, request_id, tenant)
+        return await _job_view(backend, stored, with_standing=True, again=True)
     return current
 
 
