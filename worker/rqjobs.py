@@ -12,9 +12,12 @@ The job's function is never called: the payload is JSON, and only the function n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -69,9 +72,18 @@ class Slots:
 
 def claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heartbeat_ttl_s: int,
           block_s: float, slots: Slots) -> list[Claimed]:
-    """Jobs for up to ``slots.count`` free slots, chosen by the claim rule and registered as started, in three
-    round trips however many (the claim script, the jobs' hashes, their start records); when every queue is
-    empty, blocks up to ``block_s`` on the interactive queue for one. Blocking: call from a thread.
+    """Jobs for up to ``slots.count`` free slots, chosen by the claim rule and registered as started
+    (``claim_and_start`` without further commands). Blocking: call from a thread."""
+    return claim_and_start(pool, scripts, worker_name, heartbeat_ttl_s, block_s, slots)[0]
+
+
+def claim_and_start(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heartbeat_ttl_s: int,
+                    block_s: float, slots: Slots,
+                    then: Callable[[Pipeline, list[Claimed]], None] | None = None) -> tuple[list[Claimed], list[Any]]:
+    """Claim as ``claim`` does, in two round trips however many jobs: the claim script (which returns the jobs'
+    hashes too), then one MULTI with their start records (Execution, started registry, status) followed by
+    what ``then`` queues for them; returns the claimed jobs and the replies to ``then``'s commands. When every
+    queue is empty, blocks up to ``block_s`` on the interactive queue for one. Blocking: call from a thread.
 
     Each id moves atomically from its queue to the queue's intermediate list (the claim script, or BLMOVE
     as RQ does), so a worker that dies between the pop and the registration leaves the id where the
@@ -79,12 +91,11 @@ def claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heart
     """
     popped = _pop(pool, scripts, block_s, slots)
     if not popped:
-        return []
+        return [], []
     connection = pool[Priority.INTERACTIVE].connection
-    jobs = Job.fetch_many([job_id for _, job_id in popped], connection=connection, serializer=JSONSerializer)
     claimed: list[Claimed] = []
     with connection.pipeline() as pipe:
-        for (priority, job_id), job in zip(popped, jobs, strict=True):
+        for priority, job_id, job in popped:
             queue = pool[priority]
             if job is None:
                 # Deleted while queued (its TTL, a cleanup): drop the id as RQ does.
@@ -94,26 +105,43 @@ def claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heart
             job.prepare_for_execution(worker_name, pipeline=pipe)
             pipe.lrem(queue.intermediate_queue_key, 1, job.id)
             claimed.append(Claimed(job=job, execution=execution, queue=queue, priority=priority))
-        pipe.execute()
-    return claimed
+        records = len(pipe)
+        if then is not None and claimed:
+            then(pipe, claimed)
+        replies = pipe.execute()
+    return claimed, replies[records:]
 
 
 def _pop(pool: dict[Priority, Queue], scripts: Scripts, block_s: float,
-         slots: Slots) -> list[tuple[Priority, str]]:
+         slots: Slots) -> list[tuple[Priority, str, Job | None]]:
     interactive, batch = pool[Priority.INTERACTIVE], pool[Priority.BATCH]
+    connection = interactive.connection
     found = scripts.claim(keys=[interactive.key, interactive.intermediate_queue_key, batch.key,
                                 batch.intermediate_queue_key],
-                          args=[slots.count, slots.batch_room, slots.streak, slots.batch_every])
+                          args=[slots.count, slots.batch_room, slots.streak, slots.batch_every,
+                                Job.redis_job_namespace_prefix])
     if found:
-        return [(Priority.INTERACTIVE if int(found[i]) == 1 else Priority.BATCH, as_text(found[i + 1]))
-                for i in range(0, len(found), 2)]
+        return [(Priority.INTERACTIVE if int(found[i]) == 1 else Priority.BATCH, as_text(found[i + 1]),
+                 _restored(connection, as_text(found[i + 1]), found[i + 2])) for i in range(0, len(found), 3)]
     if block_s <= 0:
         return []
     # Block on interactive work: it is what must not wait (batch waits at most block_s).
     # Redis takes a fractional timeout (>= 6.0); redis-py's stub says int.
-    raw = interactive.connection.blmove(interactive.key, interactive.intermediate_queue_key,
-                                        block_s)  # type: ignore[arg-type]
-    return [(Priority.INTERACTIVE, as_text(raw))] if raw is not None else []
+    raw = connection.blmove(interactive.key, interactive.intermediate_queue_key, block_s)  # type: ignore[arg-type]
+    if raw is None:
+        return []
+    job_id = as_text(raw)
+    return [(Priority.INTERACTIVE, job_id, Job.fetch_many([job_id], connection=connection,
+                                                          serializer=JSONSerializer)[0])]
+
+
+def _restored(connection: Redis, job_id: str, flat: list[bytes]) -> Job | None:
+    """The job from the hash the claim script read (as ``Job.fetch_many`` builds it); None if it is gone."""
+    if not flat:
+        return None
+    job = Job(job_id, connection=connection, serializer=JSONSerializer)
+    job.restore(dict(zip(flat[::2], flat[1::2], strict=True)))
+    return job
 
 
 def heartbeat(redis: Redis, claimed: list[Claimed], ttl_s: int) -> None:

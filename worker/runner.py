@@ -31,7 +31,7 @@ from worker.contract import CONTRACT_VERSION, ErrorCode, InferJob, JobResult, Jo
 from worker.deltas import DeltaBuffer
 from worker.engine import Engine, EngineError, EngineOutput, EngineRequest, VideoInput
 from worker.finisher import Finisher
-from worker.rqjobs import Claimed, Slots, claim, heartbeat, open_queues, requeue_unfinished, retry_window
+from worker.rqjobs import Claimed, Slots, claim_and_start, heartbeat, open_queues, requeue_unfinished, retry_window
 from worker.scripts import Scripts
 
 log = logging.getLogger("vlq.worker")
@@ -146,17 +146,20 @@ class Runner:
             task.add_done_callback(self._job_done)
 
     def _claim_and_start(self, slots: Slots, block_s: float) -> list[tuple[Claimed, _Start]]:
-        """Claim jobs for the free slots and read what each starts with: four round trips for all of them."""
-        claimed = claim(self.queues, self.scripts, self.name, self.settings.heartbeat_ttl_s, block_s, slots)
-        if not claimed:
-            return []
-        payloads = [_payload(str(item.job.func_name), item.job.kwargs.get("job")) for item in claimed]
-        inference = [(item, payload) for item, payload in zip(claimed, payloads, strict=True)
-                     if isinstance(payload, InferJob) and not payload.windows]
-        with self.redis.pipeline(transaction=False) as pipe:
+        """Claim jobs for the free slots and read what each starts with: two round trips for all of them (the
+        claim script; the start records with each job's cancel flag, media bytes and ``running`` event)."""
+        inference: list[tuple[Claimed, InferJob]] = []
+        payloads: list[InferJob | tuple[ErrorCode, str]] = []
+
+        def then(pipe: Pipeline, claimed: list[Claimed]) -> None:
+            payloads.extend(_job_payload(item) for item in claimed)
+            inference.extend((item, payload) for item, payload in zip(claimed, payloads, strict=True)
+                             if isinstance(payload, InferJob) and not payload.windows)
             for item, payload in inference:
                 _queue_start(pipe, self.scripts, item.job.id, payload)
-            replies = pipe.execute() if inference else []
+
+        claimed, replies = claim_and_start(self.queues, self.scripts, self.name, self.settings.heartbeat_ttl_s,
+                                           block_s, slots, then)
         starts = {item.job.id: _started(payload, replies[3 * index:3 * index + 3])
                   for index, (item, payload) in enumerate(inference)}
         return [(item, starts.get(item.job.id) or _Start(payload))
@@ -358,6 +361,16 @@ def _started(payload: InferJob, replies: list[Any]) -> _Start:
     videos = [VideoInput(frames=[next(frames) for _ in clip.frames], times=clip.times, fps=clip.fps)
               for clip in payload.videos]
     return _Start(payload, bool(canceled), _Media(images=images if digests else [], videos=videos))
+
+
+def _job_payload(claimed: Claimed) -> InferJob | tuple[ErrorCode, str]:
+    """``_payload`` of a claimed job; a job whose data RQ cannot decode is a bad job too (read while its start
+    records are queued: an exception there would leave them unwritten)."""
+    try:
+        func_name, raw = str(claimed.job.func_name), claimed.job.kwargs.get("job")
+    except Exception:  # RQ's DeserializationError, or data that is not (func, args, kwargs)
+        return ErrorCode.BAD_JOB, "job payload cannot be decoded"
+    return _payload(func_name, raw)
 
 
 def _payload(func_name: str, raw: object) -> InferJob | tuple[ErrorCode, str]:
