@@ -9,6 +9,7 @@ every interface answers with: polls, long-polls, the stream's terminal event.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from gateway.backend import Backend
 from gateway.errors import GoneError, NotFoundError
 from worker.completion import Ending, end_job, result_key
 from worker.constants import CANCEL_PREFIX
-from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState, RequestRecord, WindowRef
+from worker.contract import ErrorCode, InferJob, JobError, JobResult, JobState, RequestRecord, Timings, WindowRef
 
 _QUEUED = {b"queued", b"scheduled", b"deferred", b"created"}
 
@@ -66,6 +67,30 @@ def final_body(request_id: str, result: JobResult, x_cache: str) -> dict[str, An
     if result.error is not None:
         body["error"] = {"code": result.error.code, "message": result.error.message}
     return body
+
+
+_RESULT_FIELDS = frozenset(JobResult.model_fields)
+_TIMINGS_FIELDS = frozenset(Timings.model_fields)
+
+
+def final_body_json(request_id: str, raw: bytes, x_cache: str) -> bytes | None:
+    """``final_body`` of a cached answer, as JSON, straight from the stored document without building the
+    model (a cache hit's answer is already JSON); None unless the document has exactly the fields this
+    version writes and is a success, for the caller to take the model path (``final_body``)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if (not isinstance(doc, dict) or doc.keys() != _RESULT_FIELDS or doc["state"] != JobState.DONE.value
+            or doc["error"] is not None or not isinstance(doc["timings"], dict)
+            or doc["timings"].keys() != _TIMINGS_FIELDS):
+        return None
+    body: dict[str, Any] = {"request_id": request_id, "status": doc["state"], "cached": x_cache.startswith("HIT"),
+                            "x_cache": x_cache, "model": doc["model"], "timings": doc["timings"]}
+    if doc["result"] is not None:
+        body["result"] = doc["result"]
+    # As Starlette's JSONResponse renders a body.
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 async def view(backend: Backend, request_id: str, tenant: str, with_standing: bool = True) -> View:

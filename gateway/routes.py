@@ -13,7 +13,7 @@ from gateway.backend import Backend
 from gateway.deps import BackendDep, TenantDep, get_backend, get_tenant
 from gateway.errors import BadRequestError, UnavailableError
 from gateway.intake import read_submission
-from gateway.results import View, cancel, final_body, view, wait_for_end
+from gateway.results import View, cancel, final_body, final_body_json, view, wait_for_end
 from gateway.streams import open_stream
 from gateway.submit import Accepted, Answered, Replayed, admit, idempotency_of, submit
 from worker.contract import JobState
@@ -61,7 +61,7 @@ _INFER_BODY: dict[str, Any] = {
 
 @router.post("/api/infer", status_code=202, openapi_extra=_INFER_BODY,
              responses={200: {"description": "Answered from cache"}, 202: {"description": "Queued"}})
-async def infer(request: Request) -> JSONResponse:
+async def infer(request: Request) -> Response:
     """Submit a question about one or more images.
 
     Answers 202 with a ``request_id`` to poll (``X-Cache: MISS``, or ``COALESCED`` when an identical
@@ -86,8 +86,11 @@ async def infer(request: Request) -> JSONResponse:
     if isinstance(outcome, Answered):
         if outcome.near_match:
             headers["X-Cache-Match"] = "near"
-        body = final_body(outcome.request_id, outcome.result, outcome.x_cache)
-        return JSONResponse(body, status_code=200, headers=headers)
+        raw = final_body_json(outcome.request_id, outcome.raw, outcome.x_cache)
+        if raw is not None:
+            return Response(raw, status_code=200, headers=headers, media_type="application/json")
+        return JSONResponse(final_body(outcome.request_id, outcome.result, outcome.x_cache), status_code=200,
+                            headers=headers)
     return await _accepted(backend, outcome, headers, submission.params.deadline_s)
 
 

@@ -16,6 +16,7 @@ Order matters for cost and for safety:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -43,13 +44,18 @@ __all__ = ["Accepted", "Answered", "Replayed", "admit", "idempotency_key", "idem
 
 @dataclass(frozen=True)
 class Answered:
-    """The request was answered from cache."""
+    """The request was answered from cache: ``raw`` is the result document as cached."""
 
     request_id: str
-    result: JobResult
+    raw: bytes
     x_cache: str
     digests: list[str]
     near_match: bool = False
+
+    @functools.cached_property
+    def result(self) -> JobResult:
+        """The result document read (``/api/infer`` answers an L1 hit from ``raw`` without it)."""
+        return JobResult.model_validate_json(self.raw)
 
 
 def idempotency_key(tenant: str, header: str) -> str:
@@ -205,10 +211,12 @@ def _recording(backend: Backend, plan: Plan) -> Callable[[str], Awaitable[bytes 
 
 async def _answer(backend: Backend, plan: Plan, hit: Hit, recorded: bool = False) -> Answered:
     """The answer of a cache hit; its record written here unless the L1 read already did (``recorded``)."""
-    result = JobResult.model_validate_json(hit.raw)
+    answered = Answered(request_id=plan.request_id, raw=hit.raw, x_cache=hit.tier, digests=plan.digests,
+                        near_match=hit.near)
     if recorded:
         metrics.CACHE_HITS.labels(tier="l1").inc()
-        return Answered(request_id=plan.request_id, result=result, x_cache=hit.tier, digests=plan.digests)
+        return answered
+    result = answered.result
     record = _hit_record(plan, hit.tier, result)
     async with backend.aredis.pipeline(transaction=True) as pipe:
         records.write(pipe, plan.request_id, record, backend.settings.result_ttl_s)
@@ -223,7 +231,6 @@ async def _answer(backend: Backend, plan: Plan, hit: Hit, recorded: bool = False
         await webhooks.enqueue_delivery(backend, plan.request_id, plan.tenant, plan.webhook_url,
                                         final_body(plan.request_id, result, hit.tier))
     metrics.CACHE_HITS.labels(tier="near" if hit.near else hit.tier.removeprefix("HIT-").lower()).inc()
-    return Answered(request_id=plan.request_id, result=result, x_cache=hit.tier, digests=plan.digests,
-                    near_match=hit.near)
+    return answered
 
 
