@@ -59,13 +59,20 @@ class View:
 
 def final_body(request_id: str, result: JobResult, x_cache: str) -> dict[str, Any]:
     """The body of an ended request (``GET /api/result`` 200, the stream's terminal event, a cache hit)."""
-    body: dict[str, Any] = {"request_id": request_id, "status": result.state.value,
-                            "cached": x_cache.startswith("HIT"), "x_cache": x_cache, "model": result.model,
-                            "timings": result.timings.model_dump()}
-    if result.result is not None:
-        body["result"] = result.result.model_dump(mode="json", by_alias=True)
-    if result.error is not None:
-        body["error"] = {"code": result.error.code, "message": result.error.message}
+    return _final(request_id, result.state.value, x_cache, result.model, result.timings.model_dump(),
+                  None if result.result is None else result.result.model_dump(mode="json", by_alias=True),
+                  None if result.error is None else {"code": result.error.code, "message": result.error.message})
+
+
+def _final(request_id: str, state: str, x_cache: str, model: str | None, timings: dict[str, Any],
+           result: dict[str, Any] | None, error: dict[str, Any] | None) -> dict[str, Any]:
+    """The one shape of a final body, from a result document's parts (read as a model or as stored JSON)."""
+    body: dict[str, Any] = {"request_id": request_id, "status": state, "cached": x_cache.startswith("HIT"),
+                            "x_cache": x_cache, "model": model, "timings": timings}
+    if result is not None:
+        body["result"] = result
+    if error is not None:
+        body["error"] = error
     return body
 
 
@@ -85,10 +92,7 @@ def final_body_json(request_id: str, raw: bytes, x_cache: str) -> bytes | None:
             or doc["error"] is not None or not isinstance(doc["timings"], dict)
             or doc["timings"].keys() != _TIMINGS_FIELDS):
         return None
-    body: dict[str, Any] = {"request_id": request_id, "status": doc["state"], "cached": x_cache.startswith("HIT"),
-                            "x_cache": x_cache, "model": doc["model"], "timings": doc["timings"]}
-    if doc["result"] is not None:
-        body["result"] = doc["result"]
+    body = _final(request_id, doc["state"], x_cache, doc["model"], doc["timings"], doc["result"], None)
     # As Starlette's JSONResponse renders a body.
     return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
