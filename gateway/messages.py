@@ -107,7 +107,7 @@ class ImageInput:
     param: str
     data: bytes | None = None
     media_id: str | None = None
-    # BLAKE3 of ``data`` when it was taken as the bytes arrived (gateway/forms.py); None: taken at submit.
+    # BLAKE3 of ``data`` when the multipart reader took it (gateway/forms.py); None: taken at submit.
     digest: str | None = None
 
 

@@ -80,10 +80,11 @@ def claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heart
 def claim_and_start(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heartbeat_ttl_s: int,
                     block_s: float, slots: Slots,
                     then: Callable[[Pipeline, list[Claimed]], None] | None = None) -> tuple[list[Claimed], list[Any]]:
-    """Claim as ``claim`` does, in two round trips however many jobs: the claim script (which returns the jobs'
-    hashes too), then one MULTI with their start records (Execution, started registry, status) followed by
-    what ``then`` queues for them; returns the claimed jobs and the replies to ``then``'s commands. When every
-    queue is empty, blocks up to ``block_s`` on the interactive queue for one. Blocking: call from a thread.
+    """Jobs for up to ``slots.count`` free slots, chosen by the claim rule and registered as started, in two
+    round trips however many: the claim script (which returns the jobs' hashes too), then one MULTI with their
+    start records (Execution, started registry, status) followed by what ``then`` queues for them; returns the
+    claimed jobs and the replies to ``then``'s commands. When every queue is empty, blocks up to ``block_s`` on
+    the interactive queue for one (then the job's hash is one more round trip). Blocking: call from a thread.
 
     Each id moves atomically from its queue to the queue's intermediate list (the claim script, or BLMOVE
     as RQ does), so a worker that dies between the pop and the registration leaves the id where the
