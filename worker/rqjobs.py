@@ -12,13 +12,14 @@ The job's function is never called: the payload is JSON, and only the function n
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
-from rq.executions import Execution
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
@@ -145,14 +146,19 @@ def _restored(connection: Redis, job_id: str, flat: list[bytes]) -> Job | None:
     return job
 
 
-def heartbeat(redis: Redis, claimed: list[Claimed], ttl_s: int) -> None:
-    """Extend the started-registry lease of every job still in flight. Blocking: call from a thread."""
+def heartbeat(scripts: Scripts, claimed: list[Claimed], ttl_s: int) -> int:
+    """Extend the started-registry lease of every job still in flight, in one script that skips a job whose
+    execution already ended (``worker/lua/heartbeat.lua`` says why). Returns how many were extended.
+    Blocking: call from a thread."""
     if not claimed:
-        return
-    with redis.pipeline() as pipe:
-        for item in claimed:
-            item.execution.heartbeat(item.job.started_job_registry, ttl_s, pipeline=pipe)
-        pipe.execute()
+        return 0
+    keys: list[str] = []
+    args: list[str | int | float] = [time.time(), ttl_s]
+    for item in claimed:
+        execution = item.execution
+        keys += [execution.key, started_key(item.queue), ExecutionRegistry.key_template.format(item.job.id)]
+        args += [execution.composite_key, execution.id]
+    return int(scripts.heartbeat(keys=keys, args=args))
 
 
 def requeue_unfinished(claimed: Claimed) -> None:

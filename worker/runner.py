@@ -191,7 +191,7 @@ class Runner:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
     def _beat(self) -> None:
-        heartbeat(self.redis, list(self._inflight.values()), self.settings.heartbeat_ttl_s)
+        heartbeat(self.scripts, list(self._inflight.values()), self.settings.heartbeat_ttl_s)
         if not self._stop.is_set():
             capacity.publish(self.redis, self.model, self.name, self.settings.max_inflight, self.service.mean,
                              self.settings.heartbeat_interval_s * 3)

@@ -69,6 +69,7 @@ class Scripts:
         self.requeue_popped = Lua(redis, source("requeue_popped"))
         self.keep_bytes = Lua(redis, source("keep_bytes"))
         self.claim = Lua(redis, source("claim"))
+        self.heartbeat = Lua(redis, source("heartbeat"))
         self.window_done = Lua(redis, source("window_done"))
 
 

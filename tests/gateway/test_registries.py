@@ -61,6 +61,8 @@ def test_a_burst_ends_with_every_registry_telling_the_truth(
         assert latest is not None and latest.type is Result.Type.SUCCESSFUL
         assert JobResult.model_validate(latest.return_value) == JobResult.model_validate_json(
             redis_client.get(result_key(job.id)) or b"")
+        # No ghost execution: a heartbeat taken while the job ran must not re-add it after it ended.
+        assert redis_client.zcard(f"rq:executions:{job.id}") == 0
     assert worker.engine.calls == len(jobs)  # type: ignore[attr-defined]
 
 

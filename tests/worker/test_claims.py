@@ -7,7 +7,7 @@ from redis import Redis
 from worker.claims import ClaimRule
 from worker.constants import INFER_FUNC
 from worker.contract import Priority
-from worker.rqjobs import Slots, claim, open_queues
+from worker.rqjobs import Slots, claim, heartbeat, open_queues
 from worker.scripts import Scripts
 
 INT, B = Priority.INTERACTIVE, Priority.BATCH
@@ -103,3 +103,23 @@ def test_an_idle_claim_wakes_for_interactive_work_even_when_batch_is_tried_first
     late.join(timeout=5)
     assert [c.job.id for c in claimed] == ["late"]
     assert time.monotonic() - started < 1.0
+
+
+def test_a_heartbeat_extends_running_jobs_and_never_resurrects_an_ended_one(redis_client: Redis) -> None:
+    queues = open_queues(redis_client, "m")
+    scripts = Scripts(redis_client)
+    for name in ("running", "ended"):
+        queues[INT].enqueue(INFER_FUNC, job={}, job_id=name)
+    running, ended = claim(queues, scripts, "w", heartbeat_ttl_s=30, block_s=0, slots=Slots(2, 0))
+    registry = queues[INT].started_job_registry
+    with redis_client.pipeline() as pipe:
+        ended.execution.delete(ended.job, pipeline=pipe)
+        pipe.execute()
+    before = redis_client.zscore(registry.key, running.execution.composite_key) or 0
+    # The beat was taken while both ran (a snapshot of the in-flight jobs) and lands after one ended.
+    assert heartbeat(scripts, [running, ended], ttl_s=300) == 1
+    assert (redis_client.zscore(registry.key, running.execution.composite_key) or 0) >= before + 260
+    assert 290 <= redis_client.ttl(running.execution.key) <= 300
+    assert redis_client.zrange(f"rq:executions:{running.job.id}", 0, -1) == [running.execution.id.encode()]
+    assert registry.get_job_ids() == ["running"]
+    assert not redis_client.exists(ended.execution.key, f"rq:executions:{ended.job.id}")
