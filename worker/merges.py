@@ -51,8 +51,14 @@ def register(pipe: Pipeline, merge_id: str, total: int, waiting: dict[str, Span]
 
 
 def is_window(job: Job) -> bool:
-    """Whether a job is a window of a long video (its payload says so; read without validating it)."""
-    raw = job.kwargs.get("job") if isinstance(job.kwargs, dict) else None
+    """Whether a job is a window of a long video (its payload says so; read without validating it). A job
+    whose data cannot be decoded is not: it ended ``bad_job``, and raising here would skip the ends of the
+    jobs finished with it."""
+    try:
+        kwargs = job.kwargs
+    except Exception:  # RQ's DeserializationError, or data that is not (func, args, kwargs)
+        return False
+    raw = kwargs.get("job") if isinstance(kwargs, dict) else None
     return isinstance(raw, dict) and raw.get("window") is not None
 
 

@@ -11,16 +11,17 @@ from secrets import token_hex
 from redis import Redis
 from rq.job import Job
 from rq.queue import Queue
-from rq.registry import FinishedJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from cache.keys import image_digest
 from tests.conftest import make_image
 from tests.gateway.conftest import MODEL, ThreadWorker
+from worker import merges
 from worker.completion import result_key
 from worker.constants import IMAGE_PREFIX, INFER_FUNC
-from worker.contract import CacheMode, ImageRef, InferJob, JobResult, JobState, Priority, SamplingParams
+from worker.contract import CacheMode, ErrorCode, ImageRef, InferJob, JobResult, JobState, Priority, SamplingParams
 from worker.rqjobs import open_queues
 
 
@@ -73,3 +74,30 @@ def _job(queue: Queue, image: ImageRef, index: int) -> Job:
                        result_ttl_s=600, cache_ttl_s=600)
     return queue.create_job(INFER_FUNC, kwargs={"job": payload.model_dump(mode="json")}, job_id=uuid.uuid4().hex,
                             result_ttl=600, failure_ttl=600)
+
+
+def test_an_undecodable_job_fails_alone_while_the_jobs_claimed_with_it_run(
+        redis_client: Redis, worker_factory: Callable[..., ThreadWorker]) -> None:
+    image = make_image((9, 8, 7), (16, 16))
+    redis_client.set(IMAGE_PREFIX + image_digest(image), image, ex=600)
+    ref = ImageRef(digest=image_digest(image), media_type="image/png", size=len(image), width=16, height=16)
+    queue = open_queues(redis_client, MODEL)[Priority.INTERACTIVE]
+    jobs = [_job(queue, ref, index) for index in range(3)]
+    with redis_client.pipeline() as pipe:
+        for job in jobs:
+            queue.enqueue_job(job, pipeline=pipe)
+        pipe.execute()
+    # Planted or corrupted in Redis: neither RQ's zlib nor JSON.
+    redis_client.hset(jobs[1].key, "data", b"\x00 not zlib, not JSON")
+    worker_factory(max_inflight=4)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and redis_client.exists(*[result_key(job.id) for job in jobs]) < len(jobs):
+        time.sleep(0.05)
+    results = [JobResult.model_validate_json(redis_client.get(result_key(job.id)) or b"") for job in jobs]
+    assert [result.state for result in results] == [JobState.DONE, JobState.FAILED, JobState.DONE]
+    assert results[1].error is not None and results[1].error.code == ErrorCode.BAD_JOB
+    assert StartedJobRegistry(queue.name, connection=redis_client).get_job_ids() == []
+    assert FailedJobRegistry(queue.name, connection=redis_client).get_job_ids() == [jobs[1].id]
+    # Its end must not stop the ends batched with it (the window check read its data and raised).
+    planted = Job.fetch_many([jobs[1].id], connection=redis_client, serializer=JSONSerializer)[0]
+    assert planted is not None and not merges.is_window(planted)
