@@ -16,7 +16,9 @@ from typing import Any
 
 from redis.client import Pipeline
 from redis.exceptions import WatchError
+from redis.typing import EncodableT
 from rq.job import Dependency, Job, JobStatus, Retry
+from starlette.concurrency import run_in_threadpool
 
 from cache.codec import as_bytes, as_text
 from cache.keys import cache_key, near_bucket
@@ -291,17 +293,7 @@ def _enqueue(pipe: Pipeline, backend: Backend, plan: Plan, coalesce: bool, phash
             media.keep_bytes(pipe, backend.scripts, image.digest, image.data, settings.image_ttl_s)
         else:
             media.touch_bytes(pipe, image.digest, settings.image_ttl_s)
-    _record(pipe, backend, plan, job_id, "MISS")
-    records.first_of_job(pipe, job_id, plan.request_id, settings.request_ttl_s)
-    events.add_queued(pipe, job_id, standing.body(), settings.request_ttl_s)
-    _watch_end(pipe, backend, plan, job_id)
-    if plan.in_quota:
-        pipe.zadd(TENANT_INFLIGHT_PREFIX + plan.tenant, {job_id: time.time()})
-        pipe.expire(TENANT_INFLIGHT_PREFIX + plan.tenant, settings.request_ttl_s)
-    if plan.idem_key is not None:
-        pipe.set(plan.idem_key, plan.request_id, ex=settings.request_ttl_s)
-    if coalesce:
-        pipe.set(INFLIGHT_PREFIX + plan.key, job_id, ex=settings.request_ttl_s)
+    _job_writes(pipe, backend, plan, job, coalesce, standing)
     if plan.windows:
         merges.register(pipe, job_id, len(plan.windows), waiting, settings.request_ttl_s)
         if len(waiting) < len(plan.windows):
@@ -318,6 +310,77 @@ def _enqueue(pipe: Pipeline, backend: Backend, plan: Plan, coalesce: bool, phash
         backend.queues_of(plan.target.model)[plan.priority].enqueue_job(job, pipeline=pipe)
     pipe.execute()
     return job_id
+
+
+def _job_writes(pipe: Pipeline, backend: Backend, plan: Plan, job: Job, coalesce: bool,
+                standing: eta.Standing) -> None:
+    """Queue what a new job's enqueue writes besides its images and RQ's own records: the request's record,
+    the job's stream and request set, the webhook, the quota entry, the idempotency key, the in-flight
+    marker. Plain commands only: ``enqueue_at_once`` runs them inside its script."""
+    settings = backend.settings
+    _record(pipe, backend, plan, job.id, "MISS")
+    records.first_of_job(pipe, job.id, plan.request_id, settings.request_ttl_s)
+    events.add_queued(pipe, job.id, standing.body(), settings.request_ttl_s)
+    _watch_end(pipe, backend, plan, job.id)
+    if plan.in_quota:
+        pipe.zadd(TENANT_INFLIGHT_PREFIX + plan.tenant, {job.id: time.time()})
+        pipe.expire(TENANT_INFLIGHT_PREFIX + plan.tenant, settings.request_ttl_s)
+    if plan.idem_key is not None:
+        pipe.set(plan.idem_key, plan.request_id, ex=settings.request_ttl_s)
+    if coalesce:
+        pipe.set(INFLIGHT_PREFIX + plan.key, job.id, ex=settings.request_ttl_s)
+
+
+async def enqueue_at_once(backend: Backend, plan: Plan, phashes: list[str] | None,
+                          standing: eta.Standing) -> Accepted | Replayed | JustCached | None:
+    """``enqueue_or_attach`` of a request without windows in one round trip on the event loop: one script
+    (``worker/lua/enqueue.lua``) makes the same decisions on the same keys and runs the same writes, composed
+    here by the same code into a pipeline that is never sent. None when an identical job is in flight:
+    attaching to it is ``enqueue_or_attach``'s (the rarer path, left to one implementation)."""
+    if plan.windows or plan.span is not None:
+        raise ValueError("a long video's jobs are enqueued by enqueue_or_attach")
+    settings = backend.settings
+    coalesce = plan.submission.params.cache is not CacheMode.OFF
+    queue = backend.queues_of(plan.target.model)[plan.priority]
+    if not queue.redis_server_version:
+        # RQ asks the server once per queue (INFO, blocking) when it first enqueues: not on the loop.
+        await run_in_threadpool(queue.get_redis_server_version)
+    job = _make_job(backend, plan, uuid.uuid4().hex, phashes, [])
+    with backend.redis.pipeline() as composed:
+        composed.multi()  # as the transaction's: RQ's enqueue_job asks for one
+        _job_writes(composed, backend, plan, job, coalesce, standing)
+        queue.enqueue_job(job, pipeline=composed)
+        writes = _flat(backend, [args for args, _ in composed.command_stack])
+    limit = settings.tenant_max_inflight if plan.in_quota else 0
+    keys = [plan.idem_key or TENANT_INFLIGHT_PREFIX + plan.tenant, backend.cache.l1_key(plan.key),
+            INFLIGHT_PREFIX + plan.key, TENANT_INFLIGHT_PREFIX + plan.tenant,
+            *[media.blob_key(image.digest) for image in plan.images]]
+    args: list[EncodableT] = ["1" if plan.idem_key else "0", "1" if coalesce else "0", limit,
+                              Job.redis_job_namespace_prefix, settings.image_ttl_s,
+                              *[image.data if image.data is not None else b"" for image in plan.images], *writes]
+    reply = await backend.ascripts.enqueue(keys=keys, args=args)
+    outcome = as_text(reply[0])
+    if outcome == "replayed":
+        return Replayed(request_id=as_text(reply[1]))
+    if outcome == "cached":
+        return JustCached(raw=as_bytes(reply[1]))
+    if outcome == "live":
+        return None
+    if outcome == "quota":
+        check_quota(backend, int(reply[1]))  # raises: the script counted as check_quota does
+    metrics.CACHE_MISSES.inc()
+    return Accepted(request_id=plan.request_id, job_id=job.id, x_cache="MISS", digests=plan.digests,
+                    standing=standing, model=plan.target.model)
+
+
+def _flat(backend: Backend, commands: list[tuple[Any, ...]]) -> list[bytes | int]:
+    """Commands as the script's ARGV: each its word count, then its words encoded as redis-py sends them."""
+    encode = backend.redis.get_encoder().encode
+    flat: list[bytes | int] = []
+    for command in commands:
+        flat.append(len(command))
+        flat.extend(encode(word) for word in command)  # type: ignore[no-untyped-call]
+    return flat
 
 
 def _watch_end(pipe: Pipeline, backend: Backend, plan: Plan, job_id: str) -> None:

@@ -34,7 +34,7 @@ from gateway.errors import BadRequestError, UnavailableError
 from gateway.images import inspect, sniff
 from gateway.intake import Submission, VideoParams
 from gateway.limits import check_rate
-from gateway.plans import Accepted, JustCached, Plan, PlanImage, Replayed, enqueue_or_attach
+from gateway.plans import Accepted, JustCached, Plan, PlanImage, Replayed, enqueue_at_once, enqueue_or_attach
 from gateway.results import final_body
 from worker.constants import IDEMPOTENCY_PREFIX
 from worker.contract import CacheMode, ImageRef, JobResult, Priority, RequestRecord, VideoClip
@@ -113,12 +113,21 @@ async def submit(backend: Backend, submission: Submission, tenant: str, idem_key
            else backend.settings.max_batch_queue_depth)
     if depth + len(pieces) >= cap:
         raise UnavailableError("backlog_full", "the queue is full; retry later", None, {"Retry-After": "5"})
-    if pieces:
-        outcome = await windows.fan_out(backend, plan, pieces, standing)
-    else:
-        outcome = await run_in_threadpool(enqueue_or_attach, backend, plan, phashes, standing)
+    outcome = await _queue_up(backend, plan, pieces, phashes, standing)
     if isinstance(outcome, JustCached):
         return await _answer(backend, plan, Hit(outcome.raw, "HIT-L1"))
+    return outcome
+
+
+async def _queue_up(backend: Backend, plan: Plan, pieces: list[windows.Piece], phashes: list[str] | None,
+                    standing: eta.Standing) -> Accepted | Replayed | JustCached:
+    """Enqueue the request's job (or a long video's window and merge jobs), or attach it to the identical job
+    in flight."""
+    if pieces:
+        return await windows.fan_out(backend, plan, pieces, standing)
+    outcome = await enqueue_at_once(backend, plan, phashes, standing)
+    if outcome is None:  # an identical job is in flight: attach to it
+        return await run_in_threadpool(enqueue_or_attach, backend, plan, phashes, standing)
     return outcome
 
 

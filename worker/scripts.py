@@ -78,6 +78,7 @@ class AsyncScripts:
 
     def __init__(self, redis: AsyncRedis) -> None:
         self.delete_media = AsyncLua(redis, source("delete_media"))
+        self.enqueue = AsyncLua(redis, source("enqueue"))
         self.keep_bytes = AsyncLua(redis, source("keep_bytes"))
         self.release_lock = AsyncLua(redis, source("release_lock"))
         self.serve_hit = AsyncLua(redis, source("serve_hit"))

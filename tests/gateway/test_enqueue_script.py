@@ -1,0 +1,100 @@
+"""The one-round-trip enqueue (``plans.enqueue_at_once``, ``worker/lua/enqueue.lua``) writes what the WATCH
+transaction (``plans.enqueue_or_attach``) writes, key for key, and decides as it does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from gateway import plans, submit
+from tests.gateway.conftest import job_of, redis_keys
+from worker.constants import ENGINE_CALLS
+
+
+def _post(client: TestClient, image: bytes, **headers: str) -> dict[str, Any]:
+    response = client.post("/api/infer", data={"prompt": "Which digit?"},
+                           files=[("image", ("i.png", image, "image/png"))], headers=headers)
+    assert response.status_code == 202, response.text
+    assert response.headers["x-cache"] == "MISS"
+    return dict(response.json())
+
+
+def _shape(redis: Redis, names: dict[str, str]) -> dict[str, Any]:
+    """Every key the enqueue wrote, with the ids named generically: its type, whether it expires, and its
+    fields or members (values hold times and ids; which of them are written is what must match)."""
+    def named(raw: bytes | str) -> str:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        for value, name in names.items():
+            text = text.replace(value, name)
+        return text
+
+    shape: dict[str, Any] = {}
+    for key in redis_keys(redis):
+        kind = redis.type(key).decode()
+        if kind == "hash":
+            content: Any = sorted(named(field) for field in redis.hkeys(key))
+        elif kind == "zset":
+            content = sorted(named(member) for member in redis.zrange(key, 0, -1))
+        elif kind == "set":
+            content = sorted(named(member) for member in redis.smembers(key))
+        elif kind == "list":
+            content = [named(item) for item in redis.lrange(key, 0, -1)]
+        elif kind == "stream":
+            content = [sorted(named(field) for field in fields) for _, fields in redis.xrange(key)]
+        else:
+            content = named(redis.get(key) or b"") if len(redis.get(key) or b"") < 100 else "<bytes>"
+        shape[named(key)] = (kind, redis.ttl(key) > 0, content)
+    return shape
+
+
+def _enqueued_shape(client: TestClient, redis: Redis, image: bytes) -> dict[str, Any]:
+    accepted = _post(client, image, **{"Idempotency-Key": "the-same-key"})
+    request_id = accepted["request_id"]
+    shape = _shape(redis, {job_of(redis, request_id): "<job>", request_id: "<request>"})
+    redis.flushdb()
+    return shape
+
+
+def test_the_script_writes_what_the_transaction_writes(client: TestClient, redis_client: Redis,
+                                                        image_factory: Callable[..., bytes],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    image = image_factory((3, 1, 4))
+    by_script = _enqueued_shape(client, redis_client, image)
+
+    async def never(*_: object) -> None:
+        return None  # as if an identical job were live: submit takes the transaction
+
+    monkeypatch.setattr(submit, "enqueue_at_once", never)
+    by_transaction = _enqueued_shape(client, redis_client, image)
+    assert by_script == by_transaction
+    # The enqueue is all there: the job queued in RQ, its record, stream, blob, quota and idempotency keys.
+    assert any(kind == "list" and content == ["<job>"] for kind, _, content in by_script.values())
+    assert len(by_script) >= 10
+
+
+def test_the_script_decides_as_the_transaction(client: TestClient, redis_client: Redis,
+                                               image_factory: Callable[..., bytes],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    image = image_factory((2, 7, 1))
+    calls: list[object] = []
+    real = plans.enqueue_at_once
+
+    async def counted(*args: Any) -> object:
+        outcome = await real(*args)
+        calls.append(outcome)
+        return outcome
+
+    monkeypatch.setattr(submit, "enqueue_at_once", counted)
+    first = _post(client, image)
+    # The identical request while the first is queued: the script sees the live job and writes nothing,
+    # the transaction attaches to it.
+    second = client.post("/api/infer", data={"prompt": "Which digit?"},
+                         files=[("image", ("i.png", image, "image/png"))])
+    assert second.status_code == 202 and second.headers["x-cache"] == "COALESCED"
+    assert job_of(redis_client, second.json()["request_id"]) == job_of(redis_client, first["request_id"])
+    assert calls[1] is None
+    assert redis_client.get(ENGINE_CALLS) is None

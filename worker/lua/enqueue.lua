@@ -1,0 +1,53 @@
+-- A new request's enqueue in one step (gateway/plans.py, enqueue_at_once): decide as the WATCH transaction
+-- of enqueue_or_attach decides, then write the images and run the writes the gateway composed for the new
+-- job (its request record, stream, quota entry, idempotency key, in-flight marker and RQ's own enqueue of the
+-- job: the same commands the transaction sends), all atomically, in one round trip.
+-- KEYS[1] the idempotency key (or any key when ARGV[1] is "0")  KEYS[2] the L1 entry  KEYS[3] the in-flight
+-- marker  KEYS[4] the tenant's in-flight set  KEYS[5..] the request's image blobs
+-- ARGV[1] "1" to honour the idempotency key  ARGV[2] "1" to coalesce (L1 and in-flight checked)
+-- ARGV[3] the tenant's in-flight limit (0: none)  ARGV[4] RQ's job key prefix  ARGV[5] the images' TTL (s)
+-- ARGV[6..5+#images] each image's bytes, or "" when they are stored already (then only kept alive)
+-- ARGV[6+#images..] the writes: each a count n, then a command of n words
+-- returns {"replayed", request id} | {"cached", L1 document} | {"live", job id} (nothing written: attach to
+-- it under WATCH) | {"quota", in flight} | {"queued"}
+if ARGV[1] == '1' then
+  local replayed = redis.call('GET', KEYS[1])
+  if replayed then return {'replayed', replayed} end
+end
+if ARGV[2] == '1' then
+  -- The worker's finish script fills L1 and clears the marker atomically: one of them is seen, or neither.
+  local cached = redis.call('GET', KEYS[2])
+  if cached then return {'cached', cached} end
+  local job_id = redis.call('GET', KEYS[3])
+  if job_id then
+    local status = redis.call('HGET', ARGV[4] .. job_id, 'status')
+    if status == 'queued' or status == 'started' or status == 'scheduled' or status == 'deferred' then
+      return {'live', job_id}
+    end
+  end
+end
+local limit = tonumber(ARGV[3])
+if limit > 0 then
+  local inflight = redis.call('ZCARD', KEYS[4])
+  if inflight >= limit then return {'quota', inflight} end
+end
+local ttl = tonumber(ARGV[5])
+local images = #KEYS - 4
+for i = 1, images do
+  local key, data = KEYS[4 + i], ARGV[5 + i]
+  local left = redis.call('TTL', key)
+  if left == -2 then
+    -- Stored bytes that expired since the gateway looked are not brought back: the worker answers
+    -- image_expired for them, as it does for the transaction's EXPIRE GT.
+    if data ~= '' then redis.call('SET', key, data, 'EX', ttl) end
+  elseif left < ttl then
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+local i = 6 + images
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return {'queued'}
