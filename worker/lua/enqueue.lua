@@ -1,7 +1,8 @@
 -- A new request's enqueue in one step (gateway/plans.py, enqueue_at_once): decide as the WATCH transaction
 -- of enqueue_or_attach decides, then write the images and run the writes the gateway composed for the new
 -- job (its request record, stream, quota entry, idempotency key, in-flight marker and RQ's own enqueue of the
--- job: the same commands the transaction sends), all atomically, in one round trip.
+-- job: the same commands the transaction sends), all atomically, in one round trip. The writes name keys
+-- that are not in KEYS: RQ itself does not run on Redis Cluster, so neither does this (as claim.lua).
 -- KEYS[1] the idempotency key (or any key when ARGV[1] is "0")  KEYS[2] the L1 entry  KEYS[3] the in-flight
 -- marker  KEYS[4] the tenant's in-flight set  KEYS[5..] the request's image blobs
 -- ARGV[1] "1" to honour the idempotency key  ARGV[2] "1" to coalesce (L1 and in-flight checked)
