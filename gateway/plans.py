@@ -24,7 +24,8 @@ from cache.codec import as_bytes, as_text
 from cache.keys import cache_key, near_bucket
 from gateway import eta, media, metrics, models, records, webhooks
 from gateway.backend import Backend
-from gateway.errors import TooManyRequestsError
+from gateway.config import GatewaySettings
+from gateway.errors import TooManyRequestsError, UnavailableError
 from gateway.intake import Submission
 from gateway.messages import ImageInput
 from worker import events, merges
@@ -249,6 +250,15 @@ def _check_quota(pipe: Pipeline, backend: Backend, inflight: int) -> None:
         raise
 
 
+def backlog_cap(settings: GatewaySettings, priority: Priority) -> int:
+    """How many jobs a queue of this priority may hold before new requests are refused (503)."""
+    return settings.max_queue_depth if priority is Priority.INTERACTIVE else settings.max_batch_queue_depth
+
+
+def backlog_full() -> UnavailableError:
+    return UnavailableError("backlog_full", "the queue is full; retry later", None, {"Retry-After": "5"})
+
+
 def check_quota(backend: Backend, inflight: int) -> None:
     """429 if a tenant with ``inflight`` requests in flight may have no more."""
     limit = backend.settings.tenant_max_inflight
@@ -353,10 +363,11 @@ async def enqueue_at_once(backend: Backend, plan: Plan, phashes: list[str] | Non
         writes = _flat(backend, [args for args, _ in composed.command_stack])
     limit = settings.tenant_max_inflight if plan.in_quota else 0
     keys = [plan.idem_key or TENANT_INFLIGHT_PREFIX + plan.tenant, backend.cache.l1_key(plan.key),
-            INFLIGHT_PREFIX + plan.key, TENANT_INFLIGHT_PREFIX + plan.tenant,
+            INFLIGHT_PREFIX + plan.key, TENANT_INFLIGHT_PREFIX + plan.tenant, queue.key,
             *[media.blob_key(image.digest) for image in plan.images]]
     args: list[EncodableT] = ["1" if plan.idem_key else "0", "1" if coalesce else "0", limit,
                               Job.redis_job_namespace_prefix, settings.image_ttl_s,
+                              backlog_cap(settings, plan.priority),
                               *[image.data if image.data is not None else b"" for image in plan.images], *writes]
     reply = await backend.ascripts.enqueue(keys=keys, args=args)
     outcome = as_text(reply[0])
@@ -368,6 +379,8 @@ async def enqueue_at_once(backend: Backend, plan: Plan, phashes: list[str] | Non
         return None
     if outcome == "quota":
         check_quota(backend, int(reply[1]))  # raises: the script counted as check_quota does
+    if outcome == "backlog":
+        raise backlog_full()
     metrics.CACHE_MISSES.inc()
     return Accepted(request_id=plan.request_id, job_id=job.id, x_cache="MISS", digests=plan.digests,
                     standing=standing, model=plan.target.model)

@@ -30,14 +30,14 @@ from cache.keys import image_digest
 from cache.tiers import Hit
 from gateway import clips, eta, media, metrics, models, plans, records, webhooks, windows
 from gateway.backend import Backend
-from gateway.errors import BadRequestError, UnavailableError
+from gateway.errors import BadRequestError
 from gateway.images import inspect, sniff
 from gateway.intake import Submission, VideoParams
 from gateway.limits import check_rate
 from gateway.plans import Accepted, JustCached, Plan, PlanImage, Replayed, enqueue_at_once, enqueue_or_attach
 from gateway.results import final_body
 from worker.constants import IDEMPOTENCY_PREFIX
-from worker.contract import CacheMode, ImageRef, JobResult, Priority, RequestRecord, VideoClip
+from worker.contract import CacheMode, ImageRef, JobResult, RequestRecord, VideoClip
 
 __all__ = ["Accepted", "Answered", "Replayed", "admit", "idempotency_key", "idempotency_of", "submit"]
 
@@ -109,10 +109,9 @@ async def submit(backend: Backend, submission: Submission, tenant: str, idem_key
         _detach(standing_read)
         return answered
     depth, standing = await standing_read
-    cap = (backend.settings.max_queue_depth if plan.priority is Priority.INTERACTIVE
-           else backend.settings.max_batch_queue_depth)
-    if depth + len(pieces) >= cap:
-        raise UnavailableError("backlog_full", "the queue is full; retry later", None, {"Retry-After": "5"})
+    # Refused early on the depth just read; the enqueue script checks again, exactly.
+    if depth + len(pieces) >= plans.backlog_cap(backend.settings, plan.priority):
+        raise plans.backlog_full()
     outcome = await _queue_up(backend, plan, pieces, phashes, standing)
     if isinstance(outcome, JustCached):
         return await _answer(backend, plan, Hit(outcome.raw, "HIT-L1"))

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from gateway import plans, submit
+from gateway import eta, plans, submit
 from tests.gateway.conftest import job_of, redis_keys
 from worker.constants import ENGINE_CALLS
 
@@ -98,3 +98,28 @@ def test_the_script_decides_as_the_transaction(client: TestClient, redis_client:
     assert job_of(redis_client, second.json()["request_id"]) == job_of(redis_client, first["request_id"])
     assert calls[1] is None
     assert redis_client.get(ENGINE_CALLS) is None
+
+
+@pytest.mark.parametrize("stale_depth", [False, True])
+def test_a_full_queue_refuses_the_next_request_and_writes_nothing(
+        client_factory: Callable[..., TestClient], redis_client: Redis, image_factory: Callable[..., bytes],
+        monkeypatch: pytest.MonkeyPatch, stale_depth: bool) -> None:
+    client = client_factory(max_queue_depth=2)
+    for shade in (1, 2):
+        _post(client, image_factory((shade, 0, 0)))
+    if stale_depth:
+        # What another gateway replica may have read just before these two were enqueued: the early check
+        # passes, and the script's own count must refuse.
+        real = eta.for_new_job
+
+        async def stale(*args: Any) -> tuple[int, eta.Standing]:
+            _, standing = await real(*args)
+            return 0, standing
+
+        monkeypatch.setattr(eta, "for_new_job", stale)
+    before = {key: redis_client.dump(key) for key in redis_keys(redis_client)}
+    response = client.post("/api/infer", data={"prompt": "Which digit?"},
+                           files=[("image", ("i.png", image_factory((3, 0, 0)), "image/png"))])
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "backlog_full" and response.headers["retry-after"] == "5"
+    assert {key: redis_client.dump(key) for key in redis_keys(redis_client)} == before

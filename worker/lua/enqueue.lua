@@ -4,13 +4,14 @@
 -- job: the same commands the transaction sends), all atomically, in one round trip. The writes name keys
 -- that are not in KEYS: RQ itself does not run on Redis Cluster, so neither does this (as claim.lua).
 -- KEYS[1] the idempotency key (or any key when ARGV[1] is "0")  KEYS[2] the L1 entry  KEYS[3] the in-flight
--- marker  KEYS[4] the tenant's in-flight set  KEYS[5..] the request's image blobs
+-- marker  KEYS[4] the tenant's in-flight set  KEYS[5] the job's queue  KEYS[6..] the request's image blobs
 -- ARGV[1] "1" to honour the idempotency key  ARGV[2] "1" to coalesce (L1 and in-flight checked)
 -- ARGV[3] the tenant's in-flight limit (0: none)  ARGV[4] RQ's job key prefix  ARGV[5] the images' TTL (s)
--- ARGV[6..5+#images] each image's bytes, or "" when they are stored already (then only kept alive)
--- ARGV[6+#images..] the writes: each a count n, then a command of n words
+-- ARGV[6] the queue's cap (the backlog, exact however many gateways enqueue)
+-- ARGV[7..6+#images] each image's bytes, or "" when they are stored already (then only kept alive)
+-- ARGV[7+#images..] the writes: each a count n, then a command of n words
 -- returns {"replayed", request id} | {"cached", L1 document} | {"live", job id} (nothing written: attach to
--- it under WATCH) | {"quota", in flight} | {"queued"}
+-- it under WATCH) | {"quota", in flight} | {"backlog"} | {"queued"}
 if ARGV[1] == '1' then
   local replayed = redis.call('GET', KEYS[1])
   if replayed then return {'replayed', replayed} end
@@ -32,10 +33,11 @@ if limit > 0 then
   local inflight = redis.call('ZCARD', KEYS[4])
   if inflight >= limit then return {'quota', inflight} end
 end
+if redis.call('LLEN', KEYS[5]) >= tonumber(ARGV[6]) then return {'backlog'} end
 local ttl = tonumber(ARGV[5])
-local images = #KEYS - 4
+local images = #KEYS - 5
 for i = 1, images do
-  local key, data = KEYS[4 + i], ARGV[5 + i]
+  local key, data = KEYS[5 + i], ARGV[6 + i]
   local left = redis.call('TTL', key)
   if left == -2 then
     -- Stored bytes that expired since the gateway looked are not brought back: the worker answers
@@ -45,7 +47,7 @@ for i = 1, images do
     redis.call('EXPIRE', key, ttl)
   end
 end
-local i = 6 + images
+local i = 7 + images
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + n))
