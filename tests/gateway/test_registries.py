@@ -27,19 +27,9 @@ from worker.rqjobs import open_queues
 
 def test_a_burst_ends_with_every_registry_telling_the_truth(
         redis_url: str, redis_client: Redis, worker_factory: Callable[..., ThreadWorker]) -> None:
-    image = make_image((5, 6, 7), (16, 16))
-    redis_client.set(IMAGE_PREFIX + image_digest(image), image, ex=600)
-    ref = ImageRef(digest=image_digest(image), media_type="image/png", size=len(image), width=16, height=16)
-    queue = open_queues(redis_client, MODEL)[Priority.INTERACTIVE]
-    jobs = [_job(queue, ref, index) for index in range(300)]
-    with redis_client.pipeline() as pipe:
-        for job in jobs:
-            queue.enqueue_job(job, pipeline=pipe)
-        pipe.execute()
+    queue, jobs = _enqueued(redis_client, 300)
     worker = worker_factory(max_inflight=16)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and redis_client.exists(*[result_key(job.id) for job in jobs]) < len(jobs):
-        time.sleep(0.05)
+    _wait_for_results(redis_client, jobs, 60)
     ids = {job.id for job in jobs}
     # Each job's own answer (the instant engine echoes its prompt), recorded as RQ's worker would.
     for index, job in enumerate(jobs):
@@ -67,6 +57,26 @@ def test_a_burst_ends_with_every_registry_telling_the_truth(
     assert worker.engine.calls == len(jobs)  # type: ignore[attr-defined]
 
 
+def _enqueued(redis: Redis, count: int) -> tuple[Queue, list[Job]]:
+    """``count`` distinct jobs on the interactive queue, as the gateway would enqueue them, sharing one image."""
+    image = make_image((5, 6, 7), (16, 16))
+    redis.set(IMAGE_PREFIX + image_digest(image), image, ex=600)
+    ref = ImageRef(digest=image_digest(image), media_type="image/png", size=len(image), width=16, height=16)
+    queue = open_queues(redis, MODEL)[Priority.INTERACTIVE]
+    jobs = [_job(queue, ref, index) for index in range(count)]
+    with redis.pipeline() as pipe:
+        for job in jobs:
+            queue.enqueue_job(job, pipeline=pipe)
+        pipe.execute()
+    return queue, jobs
+
+
+def _wait_for_results(redis: Redis, jobs: list[Job], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and redis.exists(*[result_key(job.id) for job in jobs]) < len(jobs):
+        time.sleep(0.05)
+
+
 def _job(queue: Queue, image: ImageRef, index: int) -> Job:
     """What the gateway would enqueue for a distinct request."""
     payload = InferJob(model=MODEL, prompt=f"queue-only probe {index}", images=[image], sampling=SamplingParams(),
@@ -78,21 +88,11 @@ def _job(queue: Queue, image: ImageRef, index: int) -> Job:
 
 def test_an_undecodable_job_fails_alone_while_the_jobs_claimed_with_it_run(
         redis_client: Redis, worker_factory: Callable[..., ThreadWorker]) -> None:
-    image = make_image((9, 8, 7), (16, 16))
-    redis_client.set(IMAGE_PREFIX + image_digest(image), image, ex=600)
-    ref = ImageRef(digest=image_digest(image), media_type="image/png", size=len(image), width=16, height=16)
-    queue = open_queues(redis_client, MODEL)[Priority.INTERACTIVE]
-    jobs = [_job(queue, ref, index) for index in range(3)]
-    with redis_client.pipeline() as pipe:
-        for job in jobs:
-            queue.enqueue_job(job, pipeline=pipe)
-        pipe.execute()
+    queue, jobs = _enqueued(redis_client, 3)
     # Planted or corrupted in Redis: neither RQ's zlib nor JSON.
     redis_client.hset(jobs[1].key, "data", b"\x00 not zlib, not JSON")
     worker_factory(max_inflight=4)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and redis_client.exists(*[result_key(job.id) for job in jobs]) < len(jobs):
-        time.sleep(0.05)
+    _wait_for_results(redis_client, jobs, 30)
     results = [JobResult.model_validate_json(redis_client.get(result_key(job.id)) or b"") for job in jobs]
     assert [result.state for result in results] == [JobState.DONE, JobState.FAILED, JobState.DONE]
     assert results[1].error is not None and results[1].error.code == ErrorCode.BAD_JOB
