@@ -1,5 +1,6 @@
-"""A request's plan (its exact cache key and what its job carries) and the one transaction that attaches it to
-the identical job in flight or enqueues its job.
+"""A request's plan (its exact cache key and what its job carries), and its enqueue: one script for a new job
+(``enqueue_at_once``), or the one transaction that attaches it to the identical job in flight or enqueues its
+job (``enqueue_or_attach``, also for a long video's window and merge jobs). Both compose the same writes.
 
 Used by ``gateway.submit`` for every request and by ``gateway.windows`` for the window and merge jobs of a long
 video, so coalescing, quotas and idempotency are the same for both.
