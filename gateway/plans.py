@@ -19,6 +19,7 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 from redis.typing import EncodableT
 from rq.job import Dependency, Job, JobStatus, Retry
+from rq.queue import Queue
 from starlette.concurrency import run_in_threadpool
 
 from cache.codec import as_bytes, as_text
@@ -357,19 +358,14 @@ async def enqueue_at_once(backend: Backend, plan: Plan, phashes: list[str] | Non
         # RQ asks the server once per queue (INFO, blocking) when it first enqueues: not on the loop.
         await run_in_threadpool(queue.get_redis_server_version)
     job = _make_job(backend, plan, uuid.uuid4().hex, phashes, [])
-    with backend.redis.pipeline() as composed:
-        composed.multi()  # as the transaction's: RQ's enqueue_job asks for one
-        _job_writes(composed, backend, plan, job, coalesce, standing)
-        queue.enqueue_job(job, pipeline=composed)
-        writes = _flat(backend, [args for args, _ in composed.command_stack])
-    limit = settings.tenant_max_inflight if plan.in_quota else 0
     keys = [plan.idem_key or TENANT_INFLIGHT_PREFIX + plan.tenant, backend.cache.l1_key(plan.key),
             INFLIGHT_PREFIX + plan.key, TENANT_INFLIGHT_PREFIX + plan.tenant, queue.key,
             *[media.blob_key(image.digest) for image in plan.images]]
-    args: list[EncodableT] = ["1" if plan.idem_key else "0", "1" if coalesce else "0", limit,
-                              Job.redis_job_namespace_prefix, settings.image_ttl_s,
-                              backlog_cap(settings, plan.priority),
-                              *[image.data if image.data is not None else b"" for image in plan.images], *writes]
+    args: list[EncodableT] = ["1" if plan.idem_key else "0", "1" if coalesce else "0",
+                              settings.tenant_max_inflight if plan.in_quota else 0, Job.redis_job_namespace_prefix,
+                              settings.image_ttl_s, backlog_cap(settings, plan.priority),
+                              *[image.data if image.data is not None else b"" for image in plan.images],
+                              *_composed_writes(backend, plan, queue, job, coalesce, standing)]
     reply = await backend.ascripts.enqueue(keys=keys, args=args)
     outcome = as_text(reply[0])
     if outcome == "replayed":
@@ -385,6 +381,17 @@ async def enqueue_at_once(backend: Backend, plan: Plan, phashes: list[str] | Non
     metrics.CACHE_MISSES.inc()
     return Accepted(request_id=plan.request_id, job_id=job.id, x_cache="MISS", digests=plan.digests,
                     standing=standing, model=plan.target.model)
+
+
+def _composed_writes(backend: Backend, plan: Plan, queue: Queue, job: Job, coalesce: bool,
+                     standing: eta.Standing) -> list[bytes | int]:
+    """The transaction's writes of a new job besides its images, as the enqueue script's ARGV: recorded into a
+    pipeline that is never sent, so RQ's own ``enqueue_job`` says what RQ writes."""
+    with backend.redis.pipeline() as composed:
+        composed.multi()  # as the transaction's: RQ's enqueue_job asks for one
+        _job_writes(composed, backend, plan, job, coalesce, standing)
+        queue.enqueue_job(job, pipeline=composed)
+        return _flat(backend, [args for args, _ in composed.command_stack])
 
 
 def _flat(backend: Backend, commands: list[tuple[Any, ...]]) -> list[bytes | int]:
