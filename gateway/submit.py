@@ -28,13 +28,14 @@ from cache import near
 from cache.codec import as_bytes, as_text
 from cache.keys import image_digest
 from cache.tiers import Hit
-from gateway import clips, eta, media, metrics, models, plans, records, webhooks, windows
+from gateway import clips, enqueue, eta, media, metrics, models, plans, records, webhooks, windows
 from gateway.backend import Backend
+from gateway.enqueue import Accepted, JustCached, Replayed, enqueue_at_once, enqueue_or_attach
 from gateway.errors import BadRequestError
 from gateway.images import inspect, sniff
 from gateway.intake import Submission, VideoParams
 from gateway.limits import check_rate
-from gateway.plans import Accepted, JustCached, Plan, PlanImage, Replayed, enqueue_at_once, enqueue_or_attach
+from gateway.plans import Plan, PlanImage
 from gateway.results import final_body
 from worker.constants import IDEMPOTENCY_PREFIX
 from worker.contract import CacheMode, ImageRef, JobResult, RequestRecord, VideoClip
@@ -110,8 +111,8 @@ async def submit(backend: Backend, submission: Submission, tenant: str, idem_key
         return answered
     depth, standing = await standing_read
     # Refused early on the depth just read; the enqueue script checks again, exactly.
-    if depth + len(pieces) >= plans.backlog_cap(backend.settings, plan.priority):
-        raise plans.backlog_full()
+    if depth + len(pieces) >= enqueue.backlog_cap(backend.settings, plan.priority):
+        raise enqueue.backlog_full()
     outcome = await _queue_up(backend, plan, pieces, phashes, standing)
     if isinstance(outcome, JustCached):
         return await _answer(backend, plan, Hit(outcome.raw, "HIT-L1"))

@@ -18,11 +18,12 @@ from dataclasses import dataclass, replace
 
 from starlette.concurrency import run_in_threadpool
 
-from gateway import clips, eta, plans, results
+from gateway import clips, enqueue, eta, plans, results
 from gateway.backend import Backend
+from gateway.enqueue import Accepted, JustCached, Replayed
 from gateway.errors import UnprocessableError
 from gateway.intake import Submission, VideoParams
-from gateway.plans import Accepted, JustCached, Plan, Replayed
+from gateway.plans import Plan
 from worker.constants import TENANT_INFLIGHT_PREFIX
 from worker.contract import CacheMode, JobResult, Span, VideoClip, WindowRef
 
@@ -72,7 +73,7 @@ async def fan_out(backend: Backend, whole: Plan, pieces: list[Piece],
         failure = next((item for item in found if isinstance(item, BaseException)), None)
         if failure is not None:
             raise failure
-        outcome = await run_in_threadpool(plans.enqueue_or_attach, backend, replace(whole, windows=refs), None,
+        outcome = await run_in_threadpool(enqueue.enqueue_or_attach, backend, replace(whole, windows=refs), None,
                                           standing)
     except BaseException:
         await results.withdraw(backend, refs)
@@ -91,7 +92,7 @@ async def _window(backend: Backend, whole: Plan, piece: Piece, standing: eta.Sta
     span = {"start_s": piece.span.start_s, "end_s": piece.span.end_s}
     if whole.submission.params.cache is not CacheMode.OFF and (hit := await backend.cache.lookup(plan.key)):
         return WindowRef(**span, output=JobResult.model_validate_json(hit.raw).result)
-    outcome = await run_in_threadpool(plans.enqueue_or_attach, backend, plan, None, standing)
+    outcome = await run_in_threadpool(enqueue.enqueue_or_attach, backend, plan, None, standing)
     if isinstance(outcome, JustCached):
         return WindowRef(**span, output=JobResult.model_validate_json(outcome.raw).result)
     if isinstance(outcome, Replayed):  # a window plan has no idempotency key
@@ -103,4 +104,4 @@ async def _check_quota(backend: Backend, whole: Plan) -> None:
     """The tenant's in-flight quota, before any window is enqueued (the merge job's transaction checks it
     exactly again; if that refuses, the windows are given back)."""
     if whole.in_quota and backend.settings.tenant_max_inflight:
-        plans.check_quota(backend, await backend.aredis.zcard(TENANT_INFLIGHT_PREFIX + whole.tenant))
+        enqueue.check_quota(backend, await backend.aredis.zcard(TENANT_INFLIGHT_PREFIX + whole.tenant))

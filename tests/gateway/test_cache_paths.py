@@ -133,7 +133,7 @@ def test_job_finishing_between_lookup_and_enqueue_is_served_not_rerun(
     import time
 
     from cache.keys import image_digest
-    from gateway import plans
+    from gateway import enqueue, plans
     from gateway.eta import Standing
     from gateway.intake import InferParams, Submission
     from gateway.messages import ImageInput
@@ -148,8 +148,8 @@ def test_job_finishing_between_lookup_and_enqueue_is_served_not_rerun(
     plan = plans.build(backend, submission, "public", images, None)
     answer = JobResult(state=JobState.DONE, finished_at=time.time()).model_dump_json()
     redis_client.set(CACHE_PREFIX + plan.key, answer)
-    outcome = plans.enqueue_or_attach(backend, plan, None, Standing(0, None, True))
-    assert isinstance(outcome, plans.JustCached)
+    outcome = enqueue.enqueue_or_attach(backend, plan, None, Standing(0, None, True))
+    assert isinstance(outcome, enqueue.JustCached)
     assert outcome.raw == answer.encode()
     assert redis_client.llen(f"rq:queue:{INTERACTIVE_QUEUE}") == 0
 

@@ -1,5 +1,5 @@
-"""The one-round-trip enqueue (``plans.enqueue_at_once``, ``worker/lua/enqueue.lua``) writes what the WATCH
-transaction (``plans.enqueue_or_attach``) writes, key for key, and decides as it does."""
+"""The one-round-trip enqueue (``enqueue.enqueue_at_once``, ``worker/lua/enqueue.lua``) writes what the WATCH
+transaction (``enqueue.enqueue_or_attach``) writes, key for key, and decides as it does."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from gateway import eta, plans, submit
+from gateway import enqueue, eta, submit
 from tests.gateway.conftest import job_of, redis_keys
 from worker.constants import ENGINE_CALLS
 
@@ -81,7 +81,7 @@ def test_the_script_decides_as_the_transaction(client: TestClient, redis_client:
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     image = image_factory((2, 7, 1))
     calls: list[object] = []
-    real = plans.enqueue_at_once
+    real = enqueue.enqueue_at_once
 
     async def counted(*args: Any) -> object:
         outcome = await real(*args)

@@ -1,4 +1,4 @@
--- A new request's enqueue in one step (gateway/plans.py, enqueue_at_once): decide as the WATCH transaction
+-- A new request's enqueue in one step (gateway/enqueue.py, enqueue_at_once): decide as the WATCH transaction
 -- of enqueue_or_attach decides, then write the images and run the writes the gateway composed for the new
 -- job (its request record, stream, quota entry, idempotency key, in-flight marker and RQ's own enqueue of the
 -- job: the same commands the transaction sends), all atomically, in one round trip. The writes name keys
