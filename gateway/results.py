@@ -214,19 +214,22 @@ def stop_job(backend: Backend, job_id: str) -> InferJob | None:
 
 async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: float) -> View:
     """Like ``view``, but wait up to ``wait_s`` for a pending request to end (no polling loop)."""
-    # The record is read once: after it only the job's state and the cancel flag can change (4 round
-    # trips for a request that ends while waited on, where re-reading every view took 6).
+    # The record is read once: after it only the job's state and the cancel flag can change. The watch is
+    # registered before the first look at the job, so an end between that look and the wait is never missed
+    # and needs no second look: 3 round trips for a request that ends while waited on.
     stored = await _stored(backend, request_id, tenant)
-    current = await _job_view(backend, stored, with_standing=False)
+    job_id = stored.record.job_id
+    if job_id is None or stored.record.result is not None or stored.canceled:
+        return await _job_view(backend, stored, with_standing=False)
     deadline = time.monotonic() + wait_s
-    while current.job_id is not None and (left := deadline - time.monotonic()) > 0:
-        async with backend.waiter.watch(current.job_id) as ended:
-            current = await _job_view(backend, stored, with_standing=False, again=True)
-            if current.state.is_final:
-                break
+    async with backend.waiter.watch(job_id) as ended:
+        current = await _job_view(backend, stored, with_standing=False)
+        while current.job_id is not None and (left := deadline - time.monotonic()) > 0:
             with suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), timeout=left)
-        current = await _job_view(backend, stored, with_standing=False, again=True)
+            # Cleared before the look: an end from here on sets it again (a lost subscription wakes all).
+            ended.clear()
+            current = await _job_view(backend, stored, with_standing=False, again=True)
     if current.state is JobState.QUEUED and current.job_id is not None:
         return await _job_view(backend, stored, with_standing=True, again=True)
     return current

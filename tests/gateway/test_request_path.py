@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
@@ -92,3 +94,33 @@ def test_long_poll_returns_as_soon_as_the_job_ends(client: TestClient, worker_fa
     elapsed = time.monotonic() - started
     assert done.json()["status"] == "done"
     assert elapsed < 3, elapsed
+
+
+def test_a_long_poll_that_sees_its_job_end_waits_in_three_round_trips(
+        client_factory: Callable[..., TestClient], worker_factory: Callable[..., ThreadWorker],
+        image_factory: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.asyncio.connection import AbstractConnection
+
+    from worker.engine import InstantEngine
+
+    client = client_factory(janitor_interval_s=3600)
+    worker_factory(engine=InstantEngine(delay_s=0.6))
+    accepted = post(client, [image_factory((7, 7, 7))]).json()
+    sent: list[object] = []
+    send = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        sent.append(command)
+        await send(self, command, check_health)
+
+    # The gateway's asyncio client (the worker's is the blocking one): one send per command or pipeline.
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    done = client.get(accepted["result_url"] + "&wait=10")
+    monkeypatch.undo()
+    assert done.status_code == 200 and done.json()["status"] == "done", done.text
+    # The record; the job's state with the watch already registered; the state once woken by its end; then
+    # the route's read of the request's webhook state (none here).
+    words = [b"".join(command) if isinstance(command, list) else command for command in sent]
+    assert len(words) == 4, words
+    assert [b"HGETALL" in word for word in words] == [True, False, False, False]
+    assert b"vlq:webhook:" in words[3]
