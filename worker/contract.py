@@ -315,6 +315,9 @@ class RequestRecord(Tolerant):
     result: JobResult | None = None
     # The served model whose pool runs the job (older records: the gateway's default model).
     model: str | None = None
+    # Whether the request asked for a webhook, so a poll knows whether there is a delivery state to read
+    # (None: a record written before this field; its state is read to find out).
+    webhook: bool | None = None
 
 
 class StreamEvent(StrEnum):

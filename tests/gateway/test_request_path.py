@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -118,9 +119,27 @@ def test_a_long_poll_that_sees_its_job_end_waits_in_three_round_trips(
     done = client.get(accepted["result_url"] + "&wait=10")
     monkeypatch.undo()
     assert done.status_code == 200 and done.json()["status"] == "done", done.text
-    # The record; the job's state with the watch already registered; the state once woken by its end; then
-    # the route's read of the request's webhook state (none here).
+    # The record; the job's state with the watch already registered; the state once woken by its end. No
+    # webhook state is read: the record says the request asked for none.
     words = [b"".join(command) if isinstance(command, list) else command for command in sent]
-    assert len(words) == 4, words
-    assert [b"HGETALL" in word for word in words] == [True, False, False, False]
-    assert b"vlq:webhook:" in words[3]
+    assert len(words) == 3, words
+    assert [b"HGETALL" in word for word in words] == [True, False, False]
+    assert not any(b"vlq:webhook:" in word for word in words)
+
+
+def test_a_record_from_before_the_webhook_flag_still_shows_its_webhook_state(
+        client: TestClient, redis_client: Redis, image_factory: Callable[..., bytes]) -> None:
+    from worker.constants import REQUEST_PREFIX, WEBHOOK_PREFIX
+    from worker.contract import WebhookState
+
+    accepted = post(client, [image_factory((8, 8, 8))]).json()
+    request_id = accepted["request_id"]
+    key = REQUEST_PREFIX + request_id
+    doc = json.loads(redis_client.hget(key, "doc") or b"{}")
+    assert doc.pop("webhook") is False
+    # As an older gateway wrote it (no flag), for a request that did ask for a webhook.
+    redis_client.hset(key, "doc", json.dumps(doc))
+    state = WebhookState(tenant="public", url="https://hooks.example/x", attempts=2, last_status=503)
+    redis_client.set(WEBHOOK_PREFIX + request_id, state.model_dump_json())
+    shown = client.get(accepted["result_url"]).json()
+    assert shown["webhook"] == {"state": "pending", "attempts": 2, "last_status": 503}
