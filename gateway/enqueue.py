@@ -335,7 +335,7 @@ def _record(pipe: Pipeline, backend: Backend, plan: Plan, job_id: str, x_cache: 
     params = plan.submission.params
     record = RequestRecord(tenant=plan.tenant, created_at=time.time(), job_id=job_id, x_cache=x_cache,
                            cache_key=plan.key, cache_mode=params.cache, near_bucket=plan.bucket,
-                           model=plan.target.model, webhook=plan.webhook_url is not None,
+                           model=plan.target.model, has_webhook=plan.webhook_url is not None,
                            deadline_at=time.time() + params.deadline_s if params.deadline_s else None)
     records.write(pipe, plan.request_id, record, backend.settings.request_ttl_s)
 

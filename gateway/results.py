@@ -43,7 +43,7 @@ class View:
     # The job a pending request waits on (None once it ended): waiting, streaming and canceling act on it.
     job_id: str | None = None
     # Whether the request asked for a webhook (its record says; None: not known, an older record).
-    webhook: bool | None = None
+    has_webhook: bool | None = None
 
     @property
     def is_final(self) -> bool:
@@ -102,7 +102,7 @@ def final_body_json(request_id: str, raw: bytes, x_cache: str) -> bytes | None:
 async def view(backend: Backend, request_id: str, tenant: str, with_standing: bool = True) -> View:
     """The request's current state; 404 if unknown (or another tenant's), 410 if its result expired."""
     stored = await _stored(backend, request_id, tenant)
-    return replace(await _job_view(backend, stored, with_standing), webhook=stored.record.webhook)
+    return replace(await _job_view(backend, stored, with_standing), has_webhook=stored.record.has_webhook)
 
 
 async def _stored(backend: Backend, request_id: str, tenant: str) -> records.Stored:
@@ -223,7 +223,7 @@ async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: f
     stored = await _stored(backend, request_id, tenant)
     job_id = stored.record.job_id
     if job_id is None or stored.record.result is not None or stored.canceled:
-        return replace(await _job_view(backend, stored, with_standing=False), webhook=stored.record.webhook)
+        return replace(await _job_view(backend, stored, with_standing=False), has_webhook=stored.record.has_webhook)
     deadline = time.monotonic() + wait_s
     async with backend.waiter.watch(job_id) as ended:
         current = await _job_view(backend, stored, with_standing=False)
@@ -235,7 +235,7 @@ async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: f
             current = await _job_view(backend, stored, with_standing=False, again=True)
     if current.state is JobState.QUEUED and current.job_id is not None:
         current = await _job_view(backend, stored, with_standing=True, again=True)
-    return replace(current, webhook=stored.record.webhook)
+    return replace(current, has_webhook=stored.record.has_webhook)
 
 
 async def _pending(backend: Backend, request_id: str, job_id: str, status: bytes | None, record: RequestRecord,

@@ -146,7 +146,7 @@ def _view_response(current: View, extra: dict[str, Any] | None = None) -> JSONRe
 async def _with_webhook(backend: Backend, current: View) -> JSONResponse:
     """The view, with its webhook's delivery state when the request asked for one. Not part of ``View.body``:
     that body is what the webhook itself delivers. Read only when the record does not say there is none."""
-    if current.webhook is False:
+    if current.has_webhook is False:
         return _view_response(current)
     state = await webhooks.state_of(backend.aredis, current.request_id)
     return _view_response(current, {"webhook": webhooks.state_body(state)} if state is not None else None)

@@ -203,7 +203,7 @@ def _hit_record(plan: Plan, tier: str, result: JobResult | None) -> RequestRecor
     # The request id of a cache hit can be polled (and streamed) like any other.
     return RequestRecord(tenant=plan.tenant, created_at=time.time(), x_cache=tier, result=result,
                          cache_key=plan.key, cache_mode=plan.submission.params.cache,
-                         webhook=plan.webhook_url is not None)
+                         has_webhook=plan.webhook_url is not None)
 
 
 def _recording(backend: Backend, plan: Plan) -> Callable[[str], Awaitable[bytes | None]] | None:

@@ -317,7 +317,7 @@ class RequestRecord(Tolerant):
     model: str | None = None
     # Whether the request asked for a webhook, so a poll knows whether there is a delivery state to read
     # (None: a record written before this field; its state is read to find out).
-    webhook: bool | None = None
+    has_webhook: bool | None = None
 
 
 class StreamEvent(StrEnum):

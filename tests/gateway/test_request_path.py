@@ -136,7 +136,7 @@ def test_a_record_from_before_the_webhook_flag_still_shows_its_webhook_state(
     request_id = accepted["request_id"]
     key = REQUEST_PREFIX + request_id
     doc = json.loads(redis_client.hget(key, "doc") or b"{}")
-    assert doc.pop("webhook") is False
+    assert doc.pop("has_webhook") is False
     # As an older gateway wrote it (no flag), for a request that did ask for a webhook.
     redis_client.hset(key, "doc", json.dumps(doc))
     state = WebhookState(tenant="public", url="https://hooks.example/x", attempts=2, last_status=503)
