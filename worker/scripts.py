@@ -1,7 +1,8 @@
 """vlq's Lua scripts, loaded once from ``worker/lua/*.lua``; each file names its KEYS and ARGV at the top.
 
 Scripts that write a job's event stream get ``_events.lua`` (the stream-id and terminal-event rules)
-prepended, so those rules are written once. Both services use these: import-light (redis only).
+prepended, and those that store content-addressed bytes ``_blobs.lua``, so those rules are written once. Both
+services use these: import-light (redis only).
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.client import Pipeline
 from redis.typing import EncodableT, KeyT
 
-_WITH_EVENTS = frozenset({"append", "finish", "window_done"})
+# The shared pieces each script is prepended with: the event-stream rules, the content-addressed bytes.
+_PRELUDES = {"append": "_events", "finish": "_events", "window_done": "_events", "keep_bytes": "_blobs",
+             "enqueue": "_blobs"}
+
+
+def _text(name: str) -> str:
+    return (files("worker") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 @cache
 def source(name: str) -> str:
     """The text of script ``name`` as Redis runs it."""
-    text = (files("worker") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-    if name in _WITH_EVENTS:
-        text = (files("worker") / "lua" / "_events.lua").read_text(encoding="utf-8") + "\n" + text
-    return text
+    prelude = _PRELUDES.get(name)
+    return _text(name) if prelude is None else _text(prelude) + "\n" + _text(name)
 
 
 class Lua:

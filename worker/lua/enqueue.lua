@@ -23,6 +23,7 @@ if ARGV[2] == '1' then
   local job_id = redis.call('GET', KEYS[3])
   if job_id then
     local status = redis.call('HGET', ARGV[4] .. job_id, 'status')
+    -- RQ's pending states, as gateway/enqueue.py's _PENDING_RQ_STATES.
     if status == 'queued' or status == 'started' or status == 'scheduled' or status == 'deferred' then
       return {'live', job_id}
     end
@@ -37,15 +38,10 @@ if redis.call('LLEN', KEYS[5]) >= tonumber(ARGV[6]) then return {'backlog'} end
 local ttl = tonumber(ARGV[5])
 local images = #KEYS - 5
 for i = 1, images do
-  local key, data = KEYS[5 + i], ARGV[6 + i]
-  local left = redis.call('TTL', key)
-  if left == -2 then
-    -- Stored bytes that expired since the gateway looked are not brought back: the worker answers
-    -- image_expired for them, as it does for the transaction's EXPIRE GT.
-    if data ~= '' then redis.call('SET', key, data, 'EX', ttl) end
-  elseif left < ttl then
-    redis.call('EXPIRE', key, ttl)
-  end
+  -- Stored bytes ("") that expired since the gateway looked are not brought back: the worker answers
+  -- image_expired for them, as it does for the transaction's EXPIRE GT.
+  local data = ARGV[6 + i]
+  keep_blob(KEYS[5 + i], data, ttl, data ~= '')
 end
 local i = 7 + images
 while i <= #ARGV do
