@@ -101,8 +101,7 @@ def final_body_json(request_id: str, raw: bytes, x_cache: str) -> bytes | None:
 
 async def view(backend: Backend, request_id: str, tenant: str, with_standing: bool = True) -> View:
     """The request's current state; 404 if unknown (or another tenant's), 410 if its result expired."""
-    stored = await _stored(backend, request_id, tenant)
-    return replace(await _job_view(backend, stored, with_standing), has_webhook=stored.record.has_webhook)
+    return await _job_view(backend, await _stored(backend, request_id, tenant), with_standing)
 
 
 async def _stored(backend: Backend, request_id: str, tenant: str) -> records.Stored:
@@ -115,7 +114,11 @@ async def _stored(backend: Backend, request_id: str, tenant: str) -> records.Sto
 async def _job_view(backend: Backend, stored: records.Stored, with_standing: bool, again: bool = False) -> View:
     """The state of a request whose record was read: from it (a cache hit, a cancel), else from its job.
     ``again``: the record was read earlier, so its cancel flag is read again with the job's state (a record
-    changes in nothing else), in the same round trip."""
+    changes in nothing else), in the same round trip. The view carries whether the record has a webhook."""
+    return replace(await _state(backend, stored, with_standing, again), has_webhook=stored.record.has_webhook)
+
+
+async def _state(backend: Backend, stored: records.Stored, with_standing: bool, again: bool) -> View:
     record, request_id = stored.record, stored.request_id
     if record.result is not None:
         return View(request_id, record.result.state, record.result, x_cache=record.x_cache)
@@ -223,7 +226,7 @@ async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: f
     stored = await _stored(backend, request_id, tenant)
     job_id = stored.record.job_id
     if job_id is None or stored.record.result is not None or stored.canceled:
-        return replace(await _job_view(backend, stored, with_standing=False), has_webhook=stored.record.has_webhook)
+        return await _job_view(backend, stored, with_standing=False)
     deadline = time.monotonic() + wait_s
     async with backend.waiter.watch(job_id) as ended:
         current = await _job_view(backend, stored, with_standing=False)
@@ -234,8 +237,8 @@ async def wait_for_end(backend: Backend, request_id: str, tenant: str, wait_s: f
             ended.clear()
             current = await _job_view(backend, stored, with_standing=False, again=True)
     if current.state is JobState.QUEUED and current.job_id is not None:
-        current = await _job_view(backend, stored, with_standing=True, again=True)
-    return replace(current, has_webhook=stored.record.has_webhook)
+        return await _job_view(backend, stored, with_standing=True, again=True)
+    return current
 
 
 async def _pending(backend: Backend, request_id: str, job_id: str, status: bytes | None, record: RequestRecord,
