@@ -166,3 +166,31 @@ def parse_sse(lines: Iterable[str]) -> list[tuple[int | None, str, Any]]:
             name, _, value = line.partition(": ")
             event[name] = value
     return found
+
+
+def redis_shape(redis: Redis, names: dict[str, str], keys: Iterable[bytes] | None = None) -> dict[str, Any]:
+    """Every key (of ``keys``, default all), with the ids named generically: its type, whether it expires, and its
+    fields or members (values hold times and ids; which of them are written is what must match)."""
+    def named(raw: bytes | str) -> str:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        for value, name in names.items():
+            text = text.replace(value, name)
+        return text
+
+    shape: dict[str, Any] = {}
+    for key in redis.keys("*") if keys is None else keys:
+        kind = redis.type(key).decode()
+        if kind == "hash":
+            content: Any = sorted(named(field) for field in redis.hkeys(key))
+        elif kind == "zset":
+            content = sorted(named(member) for member in redis.zrange(key, 0, -1))
+        elif kind == "set":
+            content = sorted(named(member) for member in redis.smembers(key))
+        elif kind == "list":
+            content = [named(item) for item in redis.lrange(key, 0, -1)]
+        elif kind == "stream":
+            content = [sorted(named(field) for field in fields) for _, fields in redis.xrange(key)]
+        else:
+            content = named(redis.get(key) or b"") if len(redis.get(key) or b"") < 100 else "<bytes>"
+        shape[named(key)] = (kind, redis.ttl(key) > 0, content)
+    return shape

@@ -1,10 +1,10 @@
 """RQ-side bookkeeping for a worker that runs many jobs at once.
 
 RQ's own ``Worker`` performs one job at a time. vlq keeps many jobs in flight on one engine, so it does
-what RQ's worker does per job — the intermediate queue, an ``Execution`` in the started registry, its
-heartbeat, the finished/failed registries — for each job separately, through RQ's own objects. ``rq info``
-therefore shows the truth: queued jobs in the queue, running ones as started, ended ones as finished or
-failed.
+what RQ's worker does per job — an ``Execution`` in the started registry and the job's start fields (written
+by the claim script, as RQ writes them), its heartbeat, the finished/failed registries (through RQ's own
+objects) — for each job separately. ``rq info`` therefore shows the truth: queued jobs in the queue, running
+ones as started, ended ones as finished or failed.
 
 The job's function is never called: the payload is JSON, and only the function named
 ``worker.constants.INFER_FUNC`` is accepted, so a job planted in Redis cannot run arbitrary code.
@@ -13,16 +13,15 @@ The job's function is never called: the payload is JSON, and only the function n
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from uuid import uuid4
 
 from redis import Redis
-from redis.client import Pipeline
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
+from rq.utils import now, utcformat
 
 from cache.codec import as_text
 from worker.constants import BATCH_QUEUE_NAME, QUEUE_NAME
@@ -73,77 +72,52 @@ class Slots:
 
 def claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heartbeat_ttl_s: int,
           block_s: float, slots: Slots) -> list[Claimed]:
-    """Jobs for up to ``slots.count`` free slots, chosen by the claim rule and registered as started
-    (``claim_and_start`` without further commands). Blocking: call from a thread."""
-    return claim_and_start(pool, scripts, worker_name, heartbeat_ttl_s, block_s, slots)[0]
+    """Jobs for up to ``slots.count`` free slots, chosen by the claim rule and registered as started, in one
+    round trip however many (``worker/lua/claim.lua``). When every queue is empty, blocks up to ``block_s``
+    on the interactive queue for one (then the claim is one more round trip). Blocking: call from a thread.
 
-
-def claim_and_start(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heartbeat_ttl_s: int,
-                    block_s: float, slots: Slots,
-                    then: Callable[[Pipeline, list[Claimed]], None] | None = None) -> tuple[list[Claimed], list[Any]]:
-    """Jobs for up to ``slots.count`` free slots, chosen by the claim rule and registered as started, in two
-    round trips however many: the claim script (which returns the jobs' hashes too), then one MULTI with their
-    start records (Execution, started registry, status) followed by what ``then`` queues for them; returns the
-    claimed jobs and the replies to ``then``'s commands. When every queue is empty, blocks up to ``block_s`` on
-    the interactive queue for one (then the job's hash is one more round trip). Blocking: call from a thread.
-
-    Each id moves atomically from its queue to the queue's intermediate list (the claim script, or BLMOVE
-    as RQ does), so a worker that dies between the pop and the registration leaves the id where the
-    janitor finds it. RQ's own ``dequeue_any`` pops one job without that list, hence our own.
+    The script takes each id from its queue and writes RQ's start records in the same atomic step, so no job
+    is ever out of its queue without being started. The blocking wait is RQ's own BLMOVE into the queue's
+    intermediate list, so a worker that dies before the claim that follows leaves the id where the janitor
+    finds it. RQ's own ``dequeue_any`` pops one job without that list, hence our own.
     """
-    popped = _pop(pool, scripts, block_s, slots)
-    if not popped:
-        return [], []
-    connection = pool[Priority.INTERACTIVE].connection
-    claimed: list[Claimed] = []
-    with connection.pipeline() as pipe:
-        for priority, job_id, job in popped:
-            queue = pool[priority]
-            if job is None:
-                # Deleted while queued (its TTL, a cleanup): drop the id as RQ does.
-                pipe.lrem(queue.intermediate_queue_key, 1, job_id)
-                continue
-            execution = Execution.create(job, ttl=heartbeat_ttl_s, pipeline=pipe, worker_name=worker_name)
-            job.prepare_for_execution(worker_name, pipeline=pipe)
-            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-            claimed.append(Claimed(job=job, execution=execution, queue=queue, priority=priority))
-        records = len(pipe)
-        if then is not None and claimed:
-            then(pipe, claimed)
-        replies = pipe.execute()
-    return claimed, replies[records:]
-
-
-def _pop(pool: dict[Priority, Queue], scripts: Scripts, block_s: float,
-         slots: Slots) -> list[tuple[Priority, str, Job | None]]:
-    interactive, batch = pool[Priority.INTERACTIVE], pool[Priority.BATCH]
-    connection = interactive.connection
-    found = scripts.claim(keys=[interactive.key, interactive.intermediate_queue_key, batch.key,
-                                batch.intermediate_queue_key],
-                          args=[slots.count, slots.batch_room, slots.streak, slots.batch_every,
-                                Job.redis_job_namespace_prefix])
-    if found:
-        return [(Priority.INTERACTIVE if int(found[i]) == 1 else Priority.BATCH, as_text(found[i + 1]),
-                 _restored(connection, as_text(found[i + 1]), found[i + 2])) for i in range(0, len(found), 3)]
-    if block_s <= 0:
-        return []
+    claimed = _claim(pool, scripts, worker_name, heartbeat_ttl_s, slots, "")
+    if claimed or block_s <= 0:
+        return claimed
+    interactive = pool[Priority.INTERACTIVE]
     # Block on interactive work: it is what must not wait (batch waits at most block_s).
     # Redis takes a fractional timeout (>= 6.0); redis-py's stub says int.
-    raw = connection.blmove(interactive.key, interactive.intermediate_queue_key, block_s)  # type: ignore[arg-type]
+    raw = interactive.connection.blmove(interactive.key, interactive.intermediate_queue_key,
+                                        block_s)  # type: ignore[arg-type]
     if raw is None:
         return []
-    job_id = as_text(raw)
-    return [(Priority.INTERACTIVE, job_id, Job.fetch_many([job_id], connection=connection,
-                                                          serializer=JSONSerializer)[0])]
+    return _claim(pool, scripts, worker_name, heartbeat_ttl_s, slots, as_text(raw))
 
 
-def _restored(connection: Redis, job_id: str, flat: list[bytes]) -> Job | None:
-    """The job from the hash the claim script read (as ``Job.fetch_many`` builds it); None if it is gone."""
-    if not flat:
-        return None
-    job = Job(job_id, connection=connection, serializer=JSONSerializer)
-    job.restore(dict(zip(flat[::2], flat[1::2], strict=True)))
-    return job
+def _claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heartbeat_ttl_s: int,
+           slots: Slots, popped: str) -> list[Claimed]:
+    interactive, batch = pool[Priority.INTERACTIVE], pool[Priority.BATCH]
+    connection = interactive.connection
+    started = now()
+    executions = [uuid4().hex for _ in range(slots.count)]
+    found = scripts.claim(keys=[interactive.key, interactive.intermediate_queue_key, started_key(interactive),
+                                batch.key, batch.intermediate_queue_key, started_key(batch)],
+                          args=[slots.count, slots.batch_room, slots.streak, slots.batch_every,
+                                Job.redis_job_namespace_prefix, worker_name, started.timestamp(),
+                                utcformat(started), heartbeat_ttl_s, popped, *executions])
+    claimed: list[Claimed] = []
+    for i in range(0, len(found), 4):
+        if not found[i + 2]:
+            continue  # deleted while queued (its TTL, a cleanup): dropped, as RQ drops it
+        priority = Priority.INTERACTIVE if int(found[i]) == 1 else Priority.BATCH
+        job_id = as_text(found[i + 1])
+        job = Job(job_id, connection=connection, serializer=JSONSerializer)
+        job.restore(dict(zip(found[i + 2][::2], found[i + 2][1::2], strict=True)))
+        execution = Execution(id=as_text(found[i + 3]), job_id=job_id, connection=connection,
+                              worker_name=worker_name)
+        execution.created_at = execution.last_heartbeat = started
+        claimed.append(Claimed(job=job, execution=execution, queue=pool[priority], priority=priority))
+    return claimed
 
 
 def heartbeat(scripts: Scripts, claimed: list[Claimed], ttl_s: int) -> int:

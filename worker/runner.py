@@ -31,7 +31,7 @@ from worker.contract import CONTRACT_VERSION, ErrorCode, InferJob, JobResult, Jo
 from worker.deltas import DeltaBuffer
 from worker.engine import Engine, EngineError, EngineOutput, EngineRequest, VideoInput
 from worker.finisher import Finisher
-from worker.rqjobs import Claimed, Slots, claim_and_start, heartbeat, open_queues, requeue_unfinished, retry_window
+from worker.rqjobs import Claimed, Slots, claim, heartbeat, open_queues, requeue_unfinished, retry_window
 from worker.scripts import Scripts
 
 log = logging.getLogger("vlq.worker")
@@ -147,19 +147,18 @@ class Runner:
 
     def _claim_and_start(self, slots: Slots, block_s: float) -> list[tuple[Claimed, _Start]]:
         """Claim jobs for the free slots and read what each starts with: two round trips for all of them (the
-        claim script; the start records with each job's cancel flag, media bytes and ``running`` event)."""
-        inference: list[tuple[Claimed, InferJob]] = []
-        payloads: list[InferJob | tuple[ErrorCode, str]] = []
-
-        def then(pipe: Pipeline, claimed: list[Claimed]) -> None:
-            payloads.extend(_job_payload(item) for item in claimed)
-            inference.extend((item, payload) for item, payload in zip(claimed, payloads, strict=True)
-                             if isinstance(payload, InferJob) and not payload.windows)
-            for item, payload in inference:
-                _queue_start(pipe, self.scripts, item.job.id, payload)
-
-        claimed, replies = claim_and_start(self.queues, self.scripts, self.name, self.settings.heartbeat_ttl_s,
-                                           block_s, slots, then)
+        claim script, which also registers them as started; then each inference job's cancel flag, media
+        bytes and ``running`` event)."""
+        claimed = claim(self.queues, self.scripts, self.name, self.settings.heartbeat_ttl_s, block_s, slots)
+        payloads = [_job_payload(item) for item in claimed]
+        inference = [(item, payload) for item, payload in zip(claimed, payloads, strict=True)
+                     if isinstance(payload, InferJob) and not payload.windows]
+        replies: list[Any] = []
+        if inference:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for item, payload in inference:
+                    _queue_start(pipe, self.scripts, item.job.id, payload)
+                replies = pipe.execute()
         starts = {item.job.id: _started(payload, replies[3 * index:3 * index + 3])
                   for index, (item, payload) in enumerate(inference)}
         return [(item, starts.get(item.job.id) or _Start(payload))

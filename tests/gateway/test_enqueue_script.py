@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from gateway import enqueue, eta, submit
+from tests.conftest import redis_shape
 from tests.gateway.conftest import job_of, redis_keys
 from worker.constants import ENGINE_CALLS
 
@@ -23,38 +24,10 @@ def _post(client: TestClient, image: bytes, **headers: str) -> dict[str, Any]:
     return dict(response.json())
 
 
-def _shape(redis: Redis, names: dict[str, str]) -> dict[str, Any]:
-    """Every key the enqueue wrote, with the ids named generically: its type, whether it expires, and its
-    fields or members (values hold times and ids; which of them are written is what must match)."""
-    def named(raw: bytes | str) -> str:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        for value, name in names.items():
-            text = text.replace(value, name)
-        return text
-
-    shape: dict[str, Any] = {}
-    for key in redis_keys(redis):
-        kind = redis.type(key).decode()
-        if kind == "hash":
-            content: Any = sorted(named(field) for field in redis.hkeys(key))
-        elif kind == "zset":
-            content = sorted(named(member) for member in redis.zrange(key, 0, -1))
-        elif kind == "set":
-            content = sorted(named(member) for member in redis.smembers(key))
-        elif kind == "list":
-            content = [named(item) for item in redis.lrange(key, 0, -1)]
-        elif kind == "stream":
-            content = [sorted(named(field) for field in fields) for _, fields in redis.xrange(key)]
-        else:
-            content = named(redis.get(key) or b"") if len(redis.get(key) or b"") < 100 else "<bytes>"
-        shape[named(key)] = (kind, redis.ttl(key) > 0, content)
-    return shape
-
-
 def _enqueued_shape(client: TestClient, redis: Redis, image: bytes) -> dict[str, Any]:
     accepted = _post(client, image, **{"Idempotency-Key": "the-same-key"})
     request_id = accepted["request_id"]
-    shape = _shape(redis, {job_of(redis, request_id): "<job>", request_id: "<request>"})
+    shape = redis_shape(redis, {job_of(redis, request_id): "<job>", request_id: "<request>"}, redis_keys(redis))
     redis.flushdb()
     return shape
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from redis import Redis
+import time
+from typing import Any
 
+from redis import Redis
+from rq.executions import Execution
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from tests.conftest import redis_shape
 from worker.claims import ClaimRule
 from worker.constants import INFER_FUNC
 from worker.contract import Priority
-from worker.rqjobs import Slots, claim, heartbeat, open_queues
+from worker.rqjobs import Slots, _claim, claim, heartbeat, open_queues
 from worker.scripts import Scripts
 
 INT, B = Priority.INTERACTIVE, Priority.BATCH
@@ -123,3 +130,63 @@ def test_a_heartbeat_extends_running_jobs_and_never_resurrects_an_ended_one(redi
     assert redis_client.zrange(f"rq:executions:{running.job.id}", 0, -1) == [running.execution.id.encode()]
     assert registry.get_job_ids() == ["running"]
     assert not redis_client.exists(ended.execution.key, f"rq:executions:{ended.job.id}")
+
+
+def _started_state(redis: Redis, execution_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a start left in Redis: every key's shape, and the values a start sets (the job's status and
+    worker, each key's TTL and each registry score, relative to now), then a clean slate."""
+    names = {execution_id: "<execution>"}
+    shape = redis_shape(redis, names)
+    values: dict[str, Any] = {"job": redis.hmget("rq:job:j", "status", "worker_name"),
+                              "execution": redis.hmget(f"rq:execution:j:{execution_id}", "id", "worker_name")}
+    for key in redis.keys("*"):
+        scores = [score - time.time() for _, score in redis.zrange(key, 0, -1, withscores=True)] \
+            if redis.type(key) == b"zset" else []
+        values[key.decode().replace(execution_id, "<execution>")] = (redis.ttl(key), scores)
+    redis.flushdb()
+    return shape, values
+
+
+def test_the_claim_script_starts_a_job_as_rqs_own_worker_does(redis_client: Redis) -> None:
+    queues = open_queues(redis_client, "m")
+    queue = queues[INT]
+    queue.enqueue(INFER_FUNC, job={}, job_id="j", result_ttl=600)
+    (claimed,) = claim(queues, Scripts(redis_client), "w", heartbeat_ttl_s=30, block_s=0, slots=one())
+    by_script = _started_state(redis_client, claimed.execution.id)
+    # RQ's own worker: the id moved to the intermediate list, then Execution.create and prepare_for_execution.
+    queue.enqueue(INFER_FUNC, job={}, job_id="j", result_ttl=600)
+    redis_client.lmove(queue.key, queue.intermediate_queue_key)
+    job = Job.fetch("j", connection=redis_client, serializer=JSONSerializer)
+    with redis_client.pipeline() as pipe:
+        execution = Execution.create(job, ttl=30, pipeline=pipe, worker_name="w")
+        job.prepare_for_execution("w", pipeline=pipe)
+        pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+        pipe.execute()
+    by_rq = _started_state(redis_client, execution.id)
+    assert by_script[0] == by_rq[0]
+    assert by_script[1]["job"] == by_rq[1]["job"] == [b"started", b"w"]
+    assert by_script[1]["execution"][1] == by_rq[1]["execution"][1] == b"w"
+    assert by_script[1].keys() == by_rq[1].keys()
+    for key, (ttl, scores) in by_rq[1].items():
+        if key in ("job", "execution"):
+            continue
+        script_ttl, script_scores = by_script[1][key]
+        assert abs(script_ttl - ttl) <= 1, key
+        assert len(script_scores) == len(scores) and all(
+            abs(a - b) <= 1.5 for a, b in zip(script_scores, scores, strict=True)), key
+    # The object the worker holds is the job as started.
+    assert claimed.job.get_status(refresh=False) == "started" and claimed.job.worker_name == "w"
+    assert claimed.job.started_at is not None and claimed.execution.composite_key == f"j:{claimed.execution.id}"
+
+
+def test_a_job_popped_by_the_blocking_wait_is_started_with_the_others(redis_client: Redis) -> None:
+    queues = open_queues(redis_client, "m")
+    queue = queues[INT]
+    for name in ("first", "second"):
+        queue.enqueue(INFER_FUNC, job={}, job_id=name)
+    # As after the worker's BLMOVE woke: the first id already in the intermediate list.
+    redis_client.lmove(queue.key, queue.intermediate_queue_key)
+    claimed = _claim(queues, Scripts(redis_client), "w", 30, Slots(3, 0), "first")
+    assert [item.job.id for item in claimed] == ["first", "second"]
+    assert sorted(queue.started_job_registry.get_job_ids()) == ["first", "second"]
+    assert redis_client.llen(queue.intermediate_queue_key) == 0 and redis_client.llen(queue.key) == 0
