@@ -194,3 +194,28 @@ def redis_shape(redis: Redis, names: dict[str, str], keys: Iterable[bytes] | Non
             content = named(redis.get(key) or b"") if len(redis.get(key) or b"") < 100 else "<bytes>"
         shape[named(key)] = (kind, redis.ttl(key) > 0, content)
     return shape
+
+
+def redis_timings(redis: Redis, names: dict[str, str]) -> dict[str, tuple[int, list[float]]]:
+    """Every key's TTL and, for a sorted set, its scores relative to now (RQ scores are expiry times),
+    with the ids named generically as in ``redis_shape``."""
+    timings: dict[str, tuple[int, list[float]]] = {}
+    for key in redis.keys("*"):
+        scores = [score - time.time() for _, score in redis.zrange(key, 0, -1, withscores=True)] \
+            if redis.type(key) == b"zset" else []
+        name = key.decode()
+        for value, generic in names.items():
+            name = name.replace(value, generic)
+        timings[name] = (redis.ttl(key), scores)
+    return timings
+
+
+def assert_same_timings(got: dict[str, tuple[int, list[float]]], expected: dict[str, tuple[int, list[float]]],
+                        slack_s: float = 1.5) -> None:
+    """The same keys, with TTLs and scores equal to within the seconds two writes apart may differ by."""
+    assert got.keys() == expected.keys()
+    for key, (ttl, scores) in expected.items():
+        got_ttl, got_scores = got[key]
+        assert abs(got_ttl - ttl) <= slack_s, key
+        assert len(got_scores) == len(scores), key
+        assert all(abs(a - b) <= slack_s for a, b in zip(got_scores, scores, strict=True)), key

@@ -8,15 +8,16 @@ results for one request even when a presumed-dead worker finishes late. Import-l
 from __future__ import annotations
 
 import time
+from base64 import b64encode
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
-from rq.executions import Execution
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
-from rq.registry import CanceledJobRegistry, DeferredJobRegistry
+from rq.registry import CanceledJobRegistry, DeferredJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.utils import now, utcformat
 from rq.worker import Worker
@@ -40,6 +41,8 @@ from worker.scripts import Scripts
 
 # A result document for a job whose payload could not be read lives this long.
 _DEFAULT_RESULT_TTL_S = 3600
+# How long RQ keeps a finished job and its result when the job names no result TTL (RQ's own default).
+_RQ_RESULT_TTL_S = 3600
 _FLAGS = ("0", "1")
 # The ended log is trimmed to about this many entries. Gateways read it within seconds; only a backlog
 # this deep with every gateway down for long could trim an end before it was delivered.
@@ -81,8 +84,12 @@ def end_jobs(redis: Redis, ended: Sequence[tuple[Ending, Job, Execution | None]]
     with redis.pipeline() as pipe:
         for ending, job, execution in ended:
             firsts.append(len(pipe))
-            _publish(pipe, scripts, ending)
-            _rq_bookkeeping(pipe, redis, job, execution, ending.result, worker_name, rq_worker)
+            if execution is not None and ending.result.state is JobState.DONE:
+                # The common end: RQ's records written by the finish script itself, no commands composed here.
+                _publish(pipe, scripts, ending, _Success(job, execution, worker_name, rq_worker))
+            else:
+                _publish(pipe, scripts, ending)
+                _rq_bookkeeping(pipe, redis, job, execution, ending.result, worker_name, rq_worker)
         replies = pipe.execute()
     for ending, job, _ in ended:
         _after_end(redis, scripts, job, ending.result)
@@ -105,7 +112,32 @@ def _after_end(redis: Redis, scripts: Scripts, job: Job, result: JobResult) -> N
         merges.window_ended(redis, scripts, job.id, result.state.value)
 
 
-def _publish(client: Redis | Pipeline, scripts: Scripts, ending: Ending) -> Any:
+@dataclass(frozen=True)
+class _Success:
+    """A job that succeeded in this worker: the finish script writes RQ's records of its end too."""
+
+    job: Job
+    execution: Execution
+    worker_name: str
+    rq_worker: Worker | None
+
+    def script_part(self, result_json: str) -> tuple[list[str], list[str | int | float]]:
+        """``finish.lua``'s KEYS[9:] and ARGV[18:]: what ``Execution.delete``, ``_finished`` and the worker's
+        count write through RQ's objects (a test holds the two to the same records)."""
+        job, execution = self.job, self.execution
+        job.ended_at = ended = now()
+        keys = [job.key, execution.key, StartedJobRegistry.key_template.format(job.origin),
+                ExecutionRegistry.key_template.format(job.id), f"rq:results:{job.id}",  # Result.get_key (untyped)
+                FinishedJobRegistry.key_template.format(job.origin), job.dependents_key, job.dependencies_key,
+                self.rq_worker.key if self.rq_worker is not None else ""]
+        args: list[str | int | float] = [
+            "1", execution.composite_key, execution.id, utcformat(ended), int(ended.timestamp()),
+            job.result_ttl or _RQ_RESULT_TTL_S, self.worker_name,
+            b64encode(result_json.encode()).decode(), _FLAGS[self.rq_worker is not None]]
+        return keys, args
+
+
+def _publish(client: Redis | Pipeline, scripts: Scripts, ending: Ending, success: _Success | None = None) -> Any:
     payload = ending.payload
     cache_key = payload.cache_key if payload else ""
     cacheable = (payload is not None and ending.result.state is JobState.DONE
@@ -125,6 +157,12 @@ def _publish(client: Redis | Pipeline, scripts: Scripts, ending: Ending) -> Any:
         EVENTS_CHANNEL, ending.job_id, CACHED_CHANNEL,
         dumps({"k": cache_key, "b": bucket, "p": phashes, "r": result_json}) if cacheable else "-",
         ENDED_MAXLEN]
+    if success is None:
+        args.append(_FLAGS[False])
+    else:
+        rq_keys, rq_args = success.script_part(result_json)
+        keys += rq_keys
+        args += rq_args
     return scripts.finish(keys=keys, args=args, client=client)
 
 
@@ -160,7 +198,7 @@ def _finished(pipe: Pipeline, job: Job, result: JobResult, worker_name: str) -> 
     registry) and ``cleanup``'s expiry, but not its ``job.save``: that rewrote every field of the job hash,
     re-serialising and re-compressing the payload, when an end changes only the status and ``ended_at``
     (``prepare_for_execution`` wrote the start fields). It was the largest RQ cost of the worker per job."""
-    ttl = job.result_ttl or 3600
+    ttl = job.result_ttl or _RQ_RESULT_TTL_S
     job.set_status(JobStatus.FINISHED, pipeline=pipe)
     pipe.hset(job.key, "ended_at", utcformat(job.ended_at or now()))
     Result.create(job, Result.Type.SUCCESSFUL, ttl, return_value=result.model_dump(mode="json"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from redis import Redis
@@ -10,7 +9,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from tests.conftest import redis_shape
+from tests.conftest import assert_same_timings, redis_shape, redis_timings
 from worker.claims import ClaimRule
 from worker.constants import INFER_FUNC
 from worker.contract import Priority
@@ -132,19 +131,14 @@ def test_a_heartbeat_extends_running_jobs_and_never_resurrects_an_ended_one(redi
     assert not redis_client.exists(ended.execution.key, f"rq:executions:{ended.job.id}")
 
 
-def _started_state(redis: Redis, execution_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What a start left in Redis: every key's shape, and the values a start sets (the job's status and
-    worker, each key's TTL and each registry score, relative to now), then a clean slate."""
+def _started_state(redis: Redis, execution_id: str) -> tuple[Any, ...]:
+    """What a start left in Redis (every key's shape, timings and the values a start sets), then a clean
+    slate."""
     names = {execution_id: "<execution>"}
-    shape = redis_shape(redis, names)
-    values: dict[str, Any] = {"job": redis.hmget("rq:job:j", "status", "worker_name"),
-                              "execution": redis.hmget(f"rq:execution:j:{execution_id}", "id", "worker_name")}
-    for key in redis.keys("*"):
-        scores = [score - time.time() for _, score in redis.zrange(key, 0, -1, withscores=True)] \
-            if redis.type(key) == b"zset" else []
-        values[key.decode().replace(execution_id, "<execution>")] = (redis.ttl(key), scores)
+    state = (redis_shape(redis, names), redis_timings(redis, names), redis.hmget("rq:job:j", "status", "worker_name"),
+             redis.hget(f"rq:execution:j:{execution_id}", "worker_name"))
     redis.flushdb()
-    return shape, values
+    return state
 
 
 def test_the_claim_script_starts_a_job_as_rqs_own_worker_does(redis_client: Redis) -> None:
@@ -164,16 +158,8 @@ def test_the_claim_script_starts_a_job_as_rqs_own_worker_does(redis_client: Redi
         pipe.execute()
     by_rq = _started_state(redis_client, execution.id)
     assert by_script[0] == by_rq[0]
-    assert by_script[1]["job"] == by_rq[1]["job"] == [b"started", b"w"]
-    assert by_script[1]["execution"][1] == by_rq[1]["execution"][1] == b"w"
-    assert by_script[1].keys() == by_rq[1].keys()
-    for key, (ttl, scores) in by_rq[1].items():
-        if key in ("job", "execution"):
-            continue
-        script_ttl, script_scores = by_script[1][key]
-        assert abs(script_ttl - ttl) <= 1, key
-        assert len(script_scores) == len(scores) and all(
-            abs(a - b) <= 1.5 for a, b in zip(script_scores, scores, strict=True)), key
+    assert_same_timings(by_script[1], by_rq[1])
+    assert by_script[2:] == by_rq[2:] == ([b"started", b"w"], b"w")
     # The object the worker holds is the job as started.
     assert claimed.job.get_status(refresh=False) == "started" and claimed.job.worker_name == "w"
     assert claimed.job.started_at is not None and claimed.execution.composite_key == f"j:{claimed.execution.id}"

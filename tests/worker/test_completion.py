@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from redis import Redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker import Worker
 
-from worker.completion import Ending, publish_result, result_key
-from worker.constants import CACHE_PREFIX, ENDED_STREAM, INFLIGHT_PREFIX, JOB_HOOKS_PREFIX, TENANT_INFLIGHT_PREFIX
+from tests.conftest import assert_same_timings, redis_shape, redis_timings
+from worker.completion import Ending, _publish, _rq_bookkeeping, end_jobs, publish_result, result_key
+from worker.constants import (
+    CACHE_PREFIX,
+    ENDED_STREAM,
+    INFER_FUNC,
+    INFLIGHT_PREFIX,
+    JOB_HOOKS_PREFIX,
+    TENANT_INFLIGHT_PREFIX,
+)
 from worker.contract import (
     CacheMode,
     ErrorCode,
@@ -16,9 +28,12 @@ from worker.contract import (
     JobError,
     JobResult,
     JobState,
+    Priority,
     SamplingParams,
     Usage,
 )
+from worker.rqjobs import Slots, claim, open_queues
+from worker.scripts import Scripts
 
 
 def payload(mode: CacheMode = CacheMode.EXACT) -> InferJob:
@@ -98,3 +113,43 @@ def test_end_job_writes_result_and_rq_records_together(redis_client: Redis) -> N
     assert JobResult.model_validate_json(redis_client.get(result_key("job-9"))).result.text == "answer"
     assert not end_job(redis_client, Ending("job-9", done("late"), job), claimed.job, None, "w2")
     assert JobResult.model_validate_json(redis_client.get(result_key("job-9"))).result.text == "answer"
+
+
+def _ended_state(redis: Redis, result: JobResult, by_script: bool) -> tuple[Any, ...]:
+    """Claim a job and end it as done, by the finish script's RQ part or by RQ's own objects; what it left
+    (every key's shape, timings, the job's and its result's values), then a clean slate."""
+    pool = open_queues(redis, "m")
+    job = payload()
+    pool[Priority.INTERACTIVE].enqueue(INFER_FUNC, job=job.model_dump(mode="json"), job_id="j", result_ttl=600)
+    (claimed,) = claim(pool, Scripts(redis), "w1", heartbeat_ttl_s=30, block_s=0, slots=Slots(count=1, batch_room=1))
+    rq_worker = Worker([pool[Priority.INTERACTIVE]], connection=redis, name="w1", serializer=JSONSerializer)
+    ending = Ending("j", result, job)
+    if by_script:
+        assert end_jobs(redis, [(ending, claimed.job, claimed.execution)], "w1", rq_worker) == [True]
+    else:
+        with redis.pipeline() as pipe:
+            _publish(pipe, Scripts(redis), ending)
+            _rq_bookkeeping(pipe, redis, claimed.job, claimed.execution, ending.result, "w1", rq_worker)
+            pipe.execute()
+    names = {claimed.execution.id: "<execution>"}
+    stored = Job.fetch("j", connection=redis, serializer=JSONSerializer)
+    latest = stored.latest_result()
+    assert latest is not None
+    state = (redis_shape(redis, names), redis_timings(redis, names), stored.get_status(), stored.ended_at is not None,
+             latest.type, latest.return_value, latest.worker_name, redis.hget("rq:worker:w1", "successful_job_count"))
+    redis.flushdb()
+    return state
+
+
+def test_the_finish_script_ends_a_success_as_rqs_own_objects_do(redis_client: Redis) -> None:
+    result = done("answer")
+    by_script = _ended_state(redis_client, result, by_script=True)
+    by_rq = _ended_state(redis_client, result, by_script=False)
+    assert by_script[0] == by_rq[0]
+    assert_same_timings(by_script[1], by_rq[1])
+    assert by_script[2:] == by_rq[2:]
+    assert by_script[2] == "finished" and by_script[3] and by_script[7] == b"1"
+    assert JobResult.model_validate(by_script[5]).result.text == "answer"  # type: ignore[union-attr]
+    # Ended everywhere: no execution, nothing started, the job in its finished registry.
+    assert not any(key.startswith(("rq:execution:", "rq:wip:")) for key in by_script[0])
+    assert by_script[0]["rq:finished:vlq-infer:m"][2] == ["j"]

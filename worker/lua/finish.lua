@@ -16,6 +16,35 @@
 -- ARGV[15] channel of cached answers  ARGV[16] message published there when ARGV[5] == "1" (gateways keep
 --          the answer in their L2 from it)
 -- ARGV[17] ended log max length (approximate: entries are tiny and read within seconds)
+-- ARGV[18] "1" to write first what RQ's own worker writes when a job succeeds (Execution.delete,
+--          Job._handle_success, Job.cleanup, the worker's count), whether or not this call's result wins, as
+--          the worker did through RQ's objects in the same MULTI; "0" for none (the caller writes them)
+-- KEYS[9]  the job's hash             KEYS[10] its execution hash        KEYS[11] its queue's started registry
+-- KEYS[12] the job's executions set   KEYS[13] its RQ results stream     KEYS[14] its queue's finished registry
+-- KEYS[15] its dependents set         KEYS[16] its dependencies set      KEYS[17] the RQ worker's hash
+-- ARGV[19] the started registry member (job_id:execution_id)             ARGV[20] the execution id
+-- ARGV[21] now, as RQ formats a job's times   ARGV[22] now, whole seconds   ARGV[23] RQ's result TTL (s)
+-- ARGV[24] the worker's name          ARGV[25] the RQ result's return_value (base64 of the result JSON)
+-- ARGV[26] "1" to count the success in KEYS[17]
+if ARGV[18] == '1' then
+  local ttl = tonumber(ARGV[23])
+  if ARGV[26] == '1' then redis.call('HINCRBY', KEYS[17], 'successful_job_count', 1) end
+  redis.call('DEL', KEYS[10])
+  redis.call('ZREM', KEYS[11], ARGV[19])
+  redis.call('ZREM', KEYS[12], ARGV[20])
+  redis.call('HSET', KEYS[9], 'status', 'finished')
+  redis.call('HSET', KEYS[9], 'ended_at', ARGV[21])
+  redis.call('XADD', KEYS[13], 'MAXLEN', '~', 10, '*', 'type', 1, 'worker_name', ARGV[24], 'return_value', ARGV[25])
+  if ttl == -1 then redis.call('PERSIST', KEYS[13]) else redis.call('EXPIRE', KEYS[13], ttl) end
+  -- RQ's registry score: now + the TTL, or a negative TTL as it is (-1: forever).
+  local score = ttl < 0 and ttl or tonumber(ARGV[22]) + ttl
+  redis.call('ZADD', KEYS[14], score == -1 and '+inf' or score, ARGV[1])
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[9], ttl)
+    redis.call('EXPIRE', KEYS[15], ttl)
+    redis.call('EXPIRE', KEYS[16], ttl)
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 if ARGV[9] == '1' then append_event(KEYS[6], 'delta', ARGV[10], ARGV[11]) end
