@@ -27,12 +27,14 @@ from worker import events, merges
 from worker.constants import INFER_FUNC, INFLIGHT_PREFIX, TENANT_INFLIGHT_PREFIX
 from worker.contract import (
     CONTRACT_VERSION,
+    START_META,
     CacheMode,
     InferJob,
     Priority,
     RequestRecord,
     Span,
     StreamEvent,
+    start_meta,
 )
 
 _PENDING_RQ_STATES = (b"queued", b"started", b"scheduled", b"deferred")
@@ -328,6 +330,7 @@ def _make_job(backend: Backend, plan: Plan, job_id: str, phashes: list[str] | No
         INFER_FUNC, kwargs={"job": payload.model_dump(mode="json", exclude_none=True)}, job_id=job_id,
         timeout=settings.job_timeout_s, result_ttl=settings.result_ttl_s, failure_ttl=settings.result_ttl_s,
         retry=retry, description=f"{'merge' if plan.windows else 'infer'} key={plan.key[:16]}",
+        meta=None if plan.windows else {START_META: start_meta(payload)},
         depends_on=Dependency(jobs=waiting, allow_failure=True) if waiting else None)
 
 

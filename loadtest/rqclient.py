@@ -21,7 +21,17 @@ from rq.job import Job, Retry
 from cache.keys import image_digest
 from worker.completion import result_key
 from worker.constants import EVENTS_CHANNEL, IMAGE_PREFIX, INFER_FUNC
-from worker.contract import CacheMode, ImageRef, InferJob, JobResult, JobState, Priority, SamplingParams
+from worker.contract import (
+    START_META,
+    CacheMode,
+    ImageRef,
+    InferJob,
+    JobResult,
+    JobState,
+    Priority,
+    SamplingParams,
+    start_meta,
+)
 from worker.rqjobs import open_queues
 
 
@@ -84,7 +94,8 @@ class QueueClient:
                            enqueued_at=now, result_ttl_s=3600, cache_ttl_s=600)
         return self.queue.create_job(INFER_FUNC, kwargs={"job": payload.model_dump(mode="json")},
                                      job_id=uuid.uuid4().hex, timeout=600, result_ttl=3600, failure_ttl=3600,
-                                     retry=Retry(max=2), description="queue-only probe")
+                                     retry=Retry(max=2), description="queue-only probe",
+                                     meta={START_META: start_meta(payload)})
 
     def expect(self, job_ids: list[str]) -> list[asyncio.Future[None]]:
         """Futures that complete when each job's end event arrives; call before enqueueing."""

@@ -230,6 +230,10 @@ class InferJob(Tolerant):
     # A merge job: no engine call, it combines these windows' answers into one timeline (``segments``).
     windows: list[WindowRef] = Field(default_factory=list)
 
+    def media_digests(self) -> list[str]:
+        """The digests of the bytes the engine reads: the images, then each video's frames, in order."""
+        return [ref.digest for ref in self.images] + [digest for clip in self.videos for digest in clip.frames]
+
     @model_validator(mode="after")
     def _messages_from_prompt(self) -> InferJob:
         if not self.messages and self.prompt is not None:
@@ -237,6 +241,17 @@ class InferJob(Tolerant):
             parts.append(TextPart(text=self.prompt))
             self.messages = [Message(role=Role.USER, content=parts)]
         return self
+
+
+# The RQ job's ``meta`` entry that lets the worker's claim script start an inference job in the same round trip
+# (``worker/lua/claim.lua``): what ``start_meta`` says. A job without it (a merge job reads no media; a job an
+# older gateway enqueued) is started with one more read.
+START_META = "vlq_start"
+
+
+def start_meta(job: InferJob) -> dict[str, object]:
+    """The ``START_META`` entry of an inference job: its media's digests and its event stream's lifetime."""
+    return {"media": job.media_digests(), "ttl": job.result_ttl_s}
 
 
 class Usage(Tolerant):

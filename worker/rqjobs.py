@@ -24,8 +24,9 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
 from cache.codec import as_text
-from worker.constants import BATCH_QUEUE_NAME, QUEUE_NAME
-from worker.contract import Priority
+from worker.constants import BATCH_QUEUE_NAME, CANCEL_PREFIX, IMAGE_PREFIX, QUEUE_NAME, STREAM_PREFIX
+from worker.contract import START_META, Priority
+from worker.events import STREAM_MAXLEN
 from worker.scripts import Scripts
 
 
@@ -34,14 +35,25 @@ def queue_names(model: str) -> dict[Priority, str]:
     return {Priority.INTERACTIVE: f"{QUEUE_NAME}:{model}", Priority.BATCH: f"{BATCH_QUEUE_NAME}:{model}"}
 
 
+@dataclass(frozen=True)
+class Begun:
+    """What the claim script read for a job it started from the gateway's start entry (``START_META``): its
+    cancel flag, and the bytes of each of its media digests in order (None where one expired)."""
+
+    canceled: bool
+    media: list[bytes | None]
+
+
 @dataclass
 class Claimed:
-    """A job this worker took from a queue and registered as started."""
+    """A job this worker took from a queue and registered as started; ``begun`` if the claim also read what it
+    starts with and appended its ``running`` event (None: the worker does, with one more read)."""
 
     job: Job
     execution: Execution
     queue: Queue
     priority: Priority = Priority.INTERACTIVE
+    begun: Begun | None = None
 
 
 def open_queue(redis: Redis, name: str) -> Queue:
@@ -104,19 +116,21 @@ def _claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, hear
                                 batch.key, batch.intermediate_queue_key, started_key(batch)],
                           args=[slots.count, slots.batch_room, slots.streak, slots.batch_every,
                                 Job.redis_job_namespace_prefix, worker_name, started.timestamp(),
-                                utcformat(started), heartbeat_ttl_s, popped, *executions])
+                                utcformat(started), heartbeat_ttl_s, popped, START_META, CANCEL_PREFIX,
+                                IMAGE_PREFIX, STREAM_PREFIX, STREAM_MAXLEN, *executions])
     claimed: list[Claimed] = []
-    for i in range(0, len(found), 4):
-        if not found[i + 2]:
+    for i in range(0, len(found), 7):
+        queue, job_id, flat, execution_id, begun, canceled, media = found[i:i + 7]
+        if not flat:
             continue  # deleted while queued (its TTL, a cleanup): dropped, as RQ drops it
-        priority = Priority.INTERACTIVE if int(found[i]) == 1 else Priority.BATCH
-        job_id = as_text(found[i + 1])
-        job = Job(job_id, connection=connection, serializer=JSONSerializer)
-        job.restore(dict(zip(found[i + 2][::2], found[i + 2][1::2], strict=True)))
-        execution = Execution(id=as_text(found[i + 3]), job_id=job_id, connection=connection,
+        priority = Priority.INTERACTIVE if int(queue) == 1 else Priority.BATCH
+        job = Job(as_text(job_id), connection=connection, serializer=JSONSerializer)
+        job.restore(dict(zip(flat[::2], flat[1::2], strict=True)))
+        execution = Execution(id=as_text(execution_id), job_id=job.id, connection=connection,
                               worker_name=worker_name)
         execution.created_at = execution.last_heartbeat = started
-        claimed.append(Claimed(job=job, execution=execution, queue=pool[priority], priority=priority))
+        claimed.append(Claimed(job=job, execution=execution, queue=pool[priority], priority=priority,
+                               begun=Begun(bool(canceled), list(media)) if int(begun) else None))
     return claimed
 
 

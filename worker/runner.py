@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import ValidationError
 from redis import Redis
@@ -27,7 +26,16 @@ from worker.claims import ClaimRule
 from worker.completion import Ending, result_key
 from worker.config import WorkerSettings
 from worker.constants import CANCEL_PREFIX, ENGINE_CALLS, IMAGE_PREFIX, INFER_FUNC, MAX_INFLIGHT_SEEN
-from worker.contract import CONTRACT_VERSION, ErrorCode, InferJob, JobResult, JobState, Priority, StreamEvent
+from worker.contract import (
+    CONTRACT_VERSION,
+    START_META,
+    ErrorCode,
+    InferJob,
+    JobResult,
+    JobState,
+    Priority,
+    StreamEvent,
+)
 from worker.deltas import DeltaBuffer
 from worker.engine import Engine, EngineError, EngineOutput, EngineRequest, VideoInput
 from worker.finisher import Finisher
@@ -146,21 +154,30 @@ class Runner:
             task.add_done_callback(self._job_done)
 
     def _claim_and_start(self, slots: Slots, block_s: float) -> list[tuple[Claimed, _Start]]:
-        """Claim jobs for the free slots and read what each starts with: two round trips for all of them (the
-        claim script, which also registers them as started; then each inference job's cancel flag, media
-        bytes and ``running`` event)."""
+        """Claim jobs for the free slots and read what each starts with: one round trip for all of them (the
+        claim script registers them as started and reads each inference job's cancel flag and media, from
+        the gateway's start entry), and one more for the inference jobs it could not start that way."""
         claimed = claim(self.queues, self.scripts, self.name, self.settings.heartbeat_ttl_s, block_s, slots)
         payloads = [_job_payload(item) for item in claimed]
-        inference = [(item, payload) for item, payload in zip(claimed, payloads, strict=True)
-                     if isinstance(payload, InferJob) and not payload.windows]
-        replies: list[Any] = []
-        if inference:
+        starts: dict[str, _Start] = {}
+        unread: list[tuple[Claimed, InferJob]] = []
+        for item, payload in zip(claimed, payloads, strict=True):
+            if not isinstance(payload, InferJob) or payload.windows:
+                continue
+            begun = item.begun
+            # The entry is the gateway's copy of the payload's digests: its reads count only if it says the same.
+            if begun is not None and _entry_digests(item) == payload.media_digests():
+                starts[item.job.id] = _started(payload, begun.canceled, begun.media)
+            else:
+                unread.append((item, payload))
+        if unread:
             with self.redis.pipeline(transaction=False) as pipe:
-                for item, payload in inference:
+                for item, payload in unread:
                     _queue_start(pipe, self.scripts, item.job.id, payload)
                 replies = pipe.execute()
-        starts = {item.job.id: _started(payload, replies[3 * index:3 * index + 3])
-                  for index, (item, payload) in enumerate(inference)}
+            for index, (item, payload) in enumerate(unread):
+                canceled, blobs, _ = replies[3 * index:3 * index + 3]
+                starts[item.job.id] = _started(payload, bool(canceled), blobs if payload.media_digests() else [])
         return [(item, starts.get(item.job.id) or _Start(payload))
                 for item, payload in zip(claimed, payloads, strict=True)]
 
@@ -341,25 +358,25 @@ def _retried_window(claimed: Claimed, ending: Ending) -> bool:
 def _queue_start(pipe: Pipeline, scripts: Scripts, job_id: str, payload: InferJob) -> None:
     """Queue a job's start (three replies): its cancel flag, its media's bytes, its ``running`` event."""
     pipe.exists(CANCEL_PREFIX + job_id)
-    pipe.mget([IMAGE_PREFIX + digest for digest in _digests(payload)] or [IMAGE_PREFIX])
+    pipe.mget([IMAGE_PREFIX + digest for digest in payload.media_digests()] or [IMAGE_PREFIX])
     events.append(scripts, pipe, job_id, [(StreamEvent.RUNNING, "{}")], payload.result_ttl_s)
 
 
-def _digests(payload: InferJob) -> list[str]:
-    return [ref.digest for ref in payload.images] + [d for clip in payload.videos for d in clip.frames]
+def _entry_digests(claimed: Claimed) -> object:
+    entry = claimed.job.meta.get(START_META)
+    return entry.get("media") if isinstance(entry, dict) else None
 
 
-def _started(payload: InferJob, replies: list[Any]) -> _Start:
-    """A job's start from its three replies: canceled?, and its images and video frames (None if one expired)."""
-    canceled, blobs, _ = replies
-    digests = _digests(payload)
+def _started(payload: InferJob, canceled: bool, blobs: list[bytes | None]) -> _Start:
+    """A job's start: canceled?, and its images and video frames from the bytes of its media digests in order
+    (no media if one expired)."""
     found = [blob for blob in blobs if isinstance(blob, bytes)]
-    if digests and len(found) != len(digests):
-        return _Start(payload, bool(canceled), None)
+    if len(found) != len(payload.media_digests()):
+        return _Start(payload, canceled, None)
     images, frames = found[:len(payload.images)], iter(found[len(payload.images):])
     videos = [VideoInput(frames=[next(frames) for _ in clip.frames], times=clip.times, fps=clip.fps)
               for clip in payload.videos]
-    return _Start(payload, bool(canceled), _Media(images=images if digests else [], videos=videos))
+    return _Start(payload, canceled, _Media(images=images, videos=videos))
 
 
 def _job_payload(claimed: Claimed) -> InferJob | tuple[ErrorCode, str]:

@@ -19,8 +19,8 @@ from redis.client import Pipeline
 from redis.typing import EncodableT, KeyT
 
 # The shared pieces each script is prepended with: the event-stream rules, the content-addressed bytes.
-_PRELUDES = {"append": "_events", "finish": "_events", "window_done": "_events", "keep_bytes": "_blobs",
-             "enqueue": "_blobs"}
+_PRELUDES = {"append": "_events", "claim": "_events", "finish": "_events", "window_done": "_events",
+             "keep_bytes": "_blobs", "enqueue": "_blobs"}
 
 
 def _text(name: str) -> str:

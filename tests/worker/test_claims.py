@@ -11,9 +11,10 @@ from rq.serializers import JSONSerializer
 
 from tests.conftest import assert_same_timings, redis_shape, redis_timings
 from worker.claims import ClaimRule
-from worker.constants import INFER_FUNC
-from worker.contract import Priority
-from worker.rqjobs import Slots, _claim, claim, heartbeat, open_queues
+from worker.constants import CANCEL_PREFIX, IMAGE_PREFIX, INFER_FUNC
+from worker.contract import START_META, Priority
+from worker.events import stream_key
+from worker.rqjobs import Begun, Slots, _claim, claim, heartbeat, open_queues
 from worker.scripts import Scripts
 
 INT, B = Priority.INTERACTIVE, Priority.BATCH
@@ -176,3 +177,20 @@ def test_a_job_popped_by_the_blocking_wait_is_started_with_the_others(redis_clie
     assert [item.job.id for item in claimed] == ["first", "second"]
     assert sorted(queue.started_job_registry.get_job_ids()) == ["first", "second"]
     assert redis_client.llen(queue.intermediate_queue_key) == 0 and redis_client.llen(queue.key) == 0
+
+
+def test_the_claim_begins_a_job_from_the_gateways_start_entry_and_only_from_it(redis_client: Redis) -> None:
+    queues = open_queues(redis_client, "m")
+    redis_client.set(IMAGE_PREFIX + "d1", b"bytes of d1")
+    redis_client.set(CANCEL_PREFIX + "entry", "1")
+    queues[INT].enqueue(INFER_FUNC, job={}, job_id="entry", meta={START_META: {"media": ["d1", "d2"], "ttl": 60}})
+    queues[INT].enqueue(INFER_FUNC, job={}, job_id="plain")
+    queues[INT].enqueue(INFER_FUNC, job={}, job_id="odd", meta={START_META: {"media": "d1", "ttl": 60}})
+    entry, plain, odd = claim(queues, Scripts(redis_client), "w", heartbeat_ttl_s=30, block_s=0, slots=Slots(3, 0))
+    # Its cancel flag and media read (d2 expired), its running event appended with the entry's lifetime.
+    assert entry.begun == Begun(canceled=True, media=[b"bytes of d1", None])
+    assert [fields[b"e"] for _, fields in redis_client.xrange(stream_key("entry"))] == [b"running"]
+    assert 50 <= redis_client.ttl(stream_key("entry")) <= 60
+    # Without an entry the gateway wrote (none, or one of another shape), the worker reads the start itself.
+    assert plain.begun is None and odd.begun is None
+    assert not redis_client.exists(stream_key("plain"), stream_key("odd"))

@@ -15,14 +15,49 @@
 -- KEYS[4] the batch queue        KEYS[5] its intermediate list  KEYS[6] its started registry
 -- ARGV[5] RQ's job key prefix    ARGV[6] the worker's name
 -- ARGV[7] now, seconds (float, as Execution.serialize writes it)   ARGV[8] now, as RQ formats a job's times
--- ARGV[9] the lease (heartbeat TTL, seconds)   ARGV[11], ARGV[12], ... an execution id for each slot
--- returns {queue, job id, job hash (flat, as started), execution id, ...} (queue 1 interactive, 2 batch; the
--- hash empty and the execution id '' if the job is gone: its id is dropped, as RQ drops it)
+-- ARGV[9] the lease (heartbeat TTL, seconds)
+-- A job whose RQ meta holds the gateway's start entry (ARGV[11], worker.contract.START_META: its media's
+-- digests and its stream's TTL) is started here too: its cancel flag and its media's bytes are read and its
+-- ``running`` event appended, so that it needs no second round trip. Another job (a merge job, or one an
+-- older gateway enqueued) is started by the worker with one more read.
+-- ARGV[12] the cancel flag prefix  ARGV[13] the media bytes prefix  ARGV[14] the event stream prefix
+-- ARGV[15] the stream's max length  ARGV[16], ARGV[17], ... an execution id for each slot
+-- returns per job {queue, job id, job hash (flat, as started), execution id, started, canceled, media}:
+-- queue 1 interactive, 2 batch; the hash empty and the execution id '' if the job is gone (its id is dropped,
+-- as RQ drops it); started 1 if the start entry was read (then canceled is 1 or 0 and media the bytes of
+-- each digest in order, false where one expired), else 0
 local count, room, streak, every = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local prefix, worker, now, stamp, ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 -- RQ's scores are whole seconds (current_timestamp) plus the lease.
 local expires = math.floor(tonumber(now)) + ttl
 local found = {}
+local EXECUTIONS = 16
+
+-- The gateway's start entry of a job hash's meta, or nil (none, or meta that is not what the gateway writes).
+local function start_entry(meta)
+  if not meta then return nil end
+  local ok, decoded = pcall(cjson.decode, meta)
+  if not ok or type(decoded) ~= 'table' then return nil end
+  local entry = decoded[ARGV[11]]
+  if type(entry) ~= 'table' or type(entry.media) ~= 'table' or type(entry.ttl) ~= 'number' then return nil end
+  return entry
+end
+
+local function begin(id, entry)
+  local media = {}
+  -- In chunks: unpack() of a long video's frames would overflow Lua's stack.
+  for first = 1, #entry.media, 256 do
+    local keys = {}
+    for i = first, math.min(first + 255, #entry.media) do keys[#keys + 1] = ARGV[13] .. entry.media[i] end
+    for _, blob in ipairs(redis.call('MGET', unpack(keys))) do media[#media + 1] = blob end
+  end
+  local stream = ARGV[14] .. id
+  append_event(stream, 'running', '{}', ARGV[15])
+  if redis.call('TTL', stream) < 0 then redis.call('EXPIRE', stream, entry.ttl) end
+  found[#found + 1] = 1
+  found[#found + 1] = redis.call('EXISTS', ARGV[12] .. id)
+  found[#found + 1] = media
+end
 
 local function start(q, id, execution)
   local job = prefix .. id
@@ -31,6 +66,9 @@ local function start(q, id, execution)
   if redis.call('EXISTS', job) == 0 then
     found[#found + 1] = {}
     found[#found + 1] = ''
+    found[#found + 1] = 0
+    found[#found + 1] = 0
+    found[#found + 1] = {}
     return
   end
   local composite = id .. ':' .. execution
@@ -44,12 +82,20 @@ local function start(q, id, execution)
   redis.call('HSET', job, 'last_heartbeat', stamp, 'status', 'started', 'started_at', stamp, 'worker_name', worker)
   found[#found + 1] = redis.call('HGETALL', job)
   found[#found + 1] = execution
+  local entry = start_entry(redis.call('HGET', job, 'meta'))
+  if entry then
+    begin(id, entry)
+  else
+    found[#found + 1] = 0
+    found[#found + 1] = 0
+    found[#found + 1] = {}
+  end
 end
 
 local slot = 1
 if ARGV[10] ~= '' then
   redis.call('LREM', KEYS[2], 1, ARGV[10])
-  start(1, ARGV[10], ARGV[11])
+  start(1, ARGV[10], ARGV[EXECUTIONS])
   streak = streak + 1
   slot = 2
 end
@@ -60,7 +106,7 @@ while slot <= count do
   for _, q in ipairs(order) do
     local id = redis.call('LPOP', KEYS[3 * q - 2])
     if id then
-      start(q, id, ARGV[10 + slot])
+      start(q, id, ARGV[EXECUTIONS - 1 + slot])
       if q == 2 then room = room - 1; streak = 0 else streak = streak + 1 end
       taken = true
       break
