@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from base64 import b64encode
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from worker import merges
 from worker.constants import (
     CACHE_PREFIX,
     CACHED_CHANNEL,
+    CANCEL_PREFIX,
     ENDED_STREAM,
     EVENTS_CHANNEL,
     INFLIGHT_PREFIX,
@@ -57,6 +58,22 @@ class Ending:
     result: JobResult
     payload: InferJob | None
     tail: str = ""
+    # The result to end with instead if the client canceled meanwhile: checked in the end's own atomic step
+    # (only for a success that this worker records in RQ, the case of an engine that answered).
+    if_canceled: JobResult | None = None
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What one end did: ``written`` if its result was the first; ``canceled`` if it ended with
+    ``Ending.if_canceled`` instead."""
+
+    written: bool
+    canceled: bool = False
+
+    def result_of(self, ending: Ending) -> JobResult:
+        """How ``ending`` (the one this end was given) ended."""
+        return ending.if_canceled if self.canceled and ending.if_canceled is not None else ending.result
 
 
 def result_key(job_id: str) -> str:
@@ -72,16 +89,19 @@ def end_job(redis: Redis, ending: Ending, job: Job, execution: Execution | None,
             rq_worker: Worker | None = None, scripts: Scripts | None = None) -> bool:
     """Publish the result and do RQ's bookkeeping in one MULTI, so no client ever reads a result that
     ``rq info`` still shows running. True if this call wrote the result (the first writer wins)."""
-    return end_jobs(redis, [(ending, job, execution)], worker_name, rq_worker, scripts)[0]
+    return end_jobs(redis, [(ending, job, execution)], worker_name, rq_worker, scripts)[0].written
 
 
 def end_jobs(redis: Redis, ended: Sequence[tuple[Ending, Job, Execution | None]], worker_name: str,
-             rq_worker: Worker | None = None, scripts: Scripts | None = None) -> list[bool]:
-    """``end_job`` of many jobs in one round trip (one MULTI: each job's finish script, then its RQ records).
-    For each, True if this call wrote its result."""
+             rq_worker: Worker | None = None, scripts: Scripts | None = None,
+             first: Callable[[Pipeline], object] | None = None) -> list[Ended]:
+    """``end_job`` of many jobs in one round trip (one MULTI: what ``first`` queues, then each job's finish
+    script and its RQ records). For each, what its end did."""
     scripts = scripts or Scripts(redis)
     firsts: list[int] = []
     with redis.pipeline() as pipe:
+        if first is not None:
+            first(pipe)
         for ending, job, execution in ended:
             firsts.append(len(pipe))
             if execution is not None and ending.result.state is JobState.DONE:
@@ -91,9 +111,11 @@ def end_jobs(redis: Redis, ended: Sequence[tuple[Ending, Job, Execution | None]]
                 _publish(pipe, scripts, ending)
                 _rq_bookkeeping(pipe, redis, job, execution, ending.result, worker_name, rq_worker)
         replies = pipe.execute()
-    for ending, job, _ in ended:
-        _after_end(redis, scripts, job, ending.result)
-    return [bool(replies[index]) for index in firsts]
+    outcomes = [Ended(written=bool(int(replies[index]) & 1), canceled=bool(int(replies[index]) & 2))
+                for index in firsts]
+    for (ending, job, _), outcome in zip(ended, outcomes, strict=True):
+        _after_end(redis, scripts, job, outcome.result_of(ending))
+    return outcomes
 
 
 def record_in_rq(redis: Redis, job: Job, execution: Execution | None, result: JobResult,
@@ -121,19 +143,24 @@ class _Success:
     worker_name: str
     rq_worker: Worker | None
 
-    def script_part(self, result_json: str) -> tuple[list[str], list[str | int | float]]:
+    def script_part(self, result_json: str,
+                    if_canceled: JobResult | None) -> tuple[list[str], list[str | int | float]]:
         """``finish.lua``'s KEYS[9:] and ARGV[18:]: what ``Execution.delete``, ``_finished`` and the worker's
-        count write through RQ's objects (a test holds the two to the same records)."""
+        count write through RQ's objects, or for a cancel ``_rq_bookkeeping``'s canceled records (a test holds
+        the two to the same records)."""
         job, execution = self.job, self.execution
         job.ended_at = ended = now()
         keys = [job.key, execution.key, StartedJobRegistry.key_template.format(job.origin),
                 ExecutionRegistry.key_template.format(job.id), f"rq:results:{job.id}",  # Result.get_key (untyped)
                 FinishedJobRegistry.key_template.format(job.origin), job.dependents_key, job.dependencies_key,
-                self.rq_worker.key if self.rq_worker is not None else ""]
+                self.rq_worker.key if self.rq_worker is not None else "", CANCEL_PREFIX + job.id,
+                DeferredJobRegistry.key_template.format(job.origin),
+                CanceledJobRegistry.key_template.format(job.origin)]
         args: list[str | int | float] = [
             "1", execution.composite_key, execution.id, utcformat(ended), int(ended.timestamp()),
             job.result_ttl or _RQ_RESULT_TTL_S, self.worker_name,
-            b64encode(result_json.encode()).decode(), _FLAGS[self.rq_worker is not None]]
+            b64encode(result_json.encode()).decode(), _FLAGS[self.rq_worker is not None],
+            if_canceled.model_dump_json() if if_canceled is not None else ""]
         return keys, args
 
 
@@ -160,7 +187,7 @@ def _publish(client: Redis | Pipeline, scripts: Scripts, ending: Ending, success
     if success is None:
         args.append(_FLAGS[False])
     else:
-        rq_keys, rq_args = success.script_part(result_json)
+        rq_keys, rq_args = success.script_part(result_json, ending.if_canceled)
         keys += rq_keys
         args += rq_args
     return scripts.finish(keys=keys, args=args, client=client)

@@ -3,9 +3,10 @@
 One job's end is a cancel check, its result (finish script) and RQ's end records: done one by one, each in
 its own round trip under the stream lock, ends were the worker's ceiling (about 350 jobs a second with the
 instant engine, every slot waiting its turn). Here a job that ends joins a batch; one task takes the whole
-batch under the lock that orders streamed text: one pipelined read of the cancel flags (and the engine-call
-counters), then one MULTI with every job's finish script and RQ records. "First result wins" is unchanged:
-each job's finish script still checks for an earlier result.
+batch under the lock that orders streamed text: one MULTI with the engine-call counters and every job's
+finish script, which writes its RQ records too and checks, in the same step, whether the client canceled
+while the engine answered. "First result wins" is unchanged: each job's finish script still checks for an
+earlier result.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import time
 from dataclasses import dataclass, field
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.worker import Worker
 
 from worker import endings, metrics
 from worker.completion import Ending, end_jobs
-from worker.constants import CANCEL_PREFIX, ENGINE_CALLS, MAX_INFLIGHT_SEEN
+from worker.constants import ENGINE_CALLS, MAX_INFLIGHT_SEEN
 from worker.contract import JobState
 from worker.deltas import DeltaBuffer
 from worker.rqjobs import Claimed
@@ -91,33 +93,38 @@ class Finisher:
 
     def _finish(self, batch: list[_Pending], tails: list[str], peak: int) -> None:
         deadline = time.monotonic() + self.patience_s
+        ended = [(self._ending(item, tail), item.claimed.job, item.claimed.execution)
+                 for item, tail in zip(batch, tails, strict=True)]
+        answered = sum(1 for item in batch if item.engine_called)
+
+        def stats(pipe: Pipeline) -> None:
+            """The engine-call statistics, written with the ends."""
+            if answered:
+                pipe.incrby(ENGINE_CALLS, answered)
+                self.scripts.high_water(keys=[MAX_INFLIGHT_SEEN], args=[peak], client=pipe)
+
         while True:
             try:
-                self._check_cancels(batch, peak)
-                ended = [(Ending(item.ending.job_id, item.ending.result, item.ending.payload,
-                                 tail=tail if item.ending.result.state is JobState.DONE else ""),
-                          item.claimed.job, item.claimed.execution) for item, tail in zip(batch, tails, strict=True)]
-                end_jobs(self.redis, ended, self.worker_name, self.rq_worker, self.scripts)
-                return
+                outcomes = end_jobs(self.redis, ended, self.worker_name, self.rq_worker, self.scripts, stats)
+                break
             except RedisError as exc:
                 if time.monotonic() > deadline:
                     raise
                 log.warning("cannot reach Redis to finish %d job(s) (%s); retrying", len(batch),
                             type(exc).__name__)
                 time.sleep(1.0)
+        for item, (ending, _, _), outcome in zip(batch, ended, outcomes, strict=True):
+            if outcome.canceled:
+                item.ending = Ending(ending.job_id, outcome.result_of(ending), ending.payload)
 
-    def _check_cancels(self, batch: list[_Pending], peak: int) -> None:
-        """One round trip: the cancel flag of every job the engine answered, and the engine-call stats."""
-        answered = [item for item in batch if item.engine_called]
-        if not answered:
-            return
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.incrby(ENGINE_CALLS, len(answered))
-            self.scripts.high_water(keys=[MAX_INFLIGHT_SEEN], args=[peak], client=pipe)
-            for item in answered:
-                pipe.exists(CANCEL_PREFIX + item.ending.job_id)
-            flags = pipe.execute()[2:]
-        for item, flag in zip(answered, flags, strict=True):
-            payload = item.ending.payload
-            if flag and payload is not None and item.ending.result.state is JobState.DONE:
-                item.ending = endings.canceled(item.ending.job_id, payload, item.started)
+    @staticmethod
+    def _ending(item: _Pending, tail: str) -> Ending:
+        """The end to write: a success carries its streamed tail, and the canceled end it becomes if the client
+        canceled while the engine answered (the finish script checks, in the end's own step)."""
+        ending, payload = item.ending, item.ending.payload
+        if ending.result.state is not JobState.DONE:
+            return ending
+        if_canceled = None
+        if item.engine_called and payload is not None:
+            if_canceled = endings.canceled(ending.job_id, payload, item.started).result
+        return Ending(ending.job_id, ending.result, payload, tail=tail, if_canceled=if_canceled)

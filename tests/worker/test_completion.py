@@ -11,9 +11,10 @@ from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
 from tests.conftest import assert_same_timings, redis_shape, redis_timings
-from worker.completion import Ending, _publish, _rq_bookkeeping, end_jobs, publish_result, result_key
+from worker.completion import Ended, Ending, _publish, _rq_bookkeeping, end_jobs, publish_result, result_key
 from worker.constants import (
     CACHE_PREFIX,
+    CANCEL_PREFIX,
     ENDED_STREAM,
     INFER_FUNC,
     INFLIGHT_PREFIX,
@@ -115,28 +116,34 @@ def test_end_job_writes_result_and_rq_records_together(redis_client: Redis) -> N
     assert JobResult.model_validate_json(redis_client.get(result_key("job-9"))).result.text == "answer"
 
 
-def _ended_state(redis: Redis, result: JobResult, by_script: bool) -> tuple[Any, ...]:
+def _ended_state(redis: Redis, result: JobResult, by_script: bool,
+                 canceled: JobResult | None = None, flagged: bool = True) -> tuple[Any, ...]:
     """Claim a job and end it as done, by the finish script's RQ part or by RQ's own objects; what it left
-    (every key's shape, timings, the job's and its result's values), then a clean slate."""
+    (every key's shape, timings, the job's and its result's values), then a clean slate. With ``canceled``,
+    the client canceled while the engine answered: the script is offered it as the end instead, RQ's objects
+    are given it (``flagged``: the cancel flag is set)."""
     pool = open_queues(redis, "m")
     job = payload()
     pool[Priority.INTERACTIVE].enqueue(INFER_FUNC, job=job.model_dump(mode="json"), job_id="j", result_ttl=600)
     (claimed,) = claim(pool, Scripts(redis), "w1", heartbeat_ttl_s=30, block_s=0, slots=Slots(count=1, batch_room=1))
     rq_worker = Worker([pool[Priority.INTERACTIVE]], connection=redis, name="w1", serializer=JSONSerializer)
-    ending = Ending("j", result, job)
+    if canceled is not None and flagged:
+        redis.set(CANCEL_PREFIX + "j", "1")
     if by_script:
-        assert end_jobs(redis, [(ending, claimed.job, claimed.execution)], "w1", rq_worker) == [True]
+        ending = Ending("j", result, job, if_canceled=canceled)
+        assert end_jobs(redis, [(ending, claimed.job, claimed.execution)], "w1", rq_worker) == [
+            Ended(written=True, canceled=canceled is not None and flagged)]
     else:
         with redis.pipeline() as pipe:
-            _publish(pipe, Scripts(redis), ending)
-            _rq_bookkeeping(pipe, redis, claimed.job, claimed.execution, ending.result, "w1", rq_worker)
+            _publish(pipe, Scripts(redis), Ending("j", canceled or result, job))
+            _rq_bookkeeping(pipe, redis, claimed.job, claimed.execution, canceled or result, "w1", rq_worker)
             pipe.execute()
     names = {claimed.execution.id: "<execution>"}
     stored = Job.fetch("j", connection=redis, serializer=JSONSerializer)
     latest = stored.latest_result()
-    assert latest is not None
-    state = (redis_shape(redis, names), redis_timings(redis, names), stored.get_status(), stored.ended_at is not None,
-             latest.type, latest.return_value, latest.worker_name, redis.hget("rq:worker:w1", "successful_job_count"))
+    state = (redis_shape(redis, names), redis_timings(redis, names), stored.get_status(),
+             latest and (latest.type, latest.return_value, latest.worker_name),
+             redis.hgetall("rq:worker:w1"), redis.get(result_key("j")))
     redis.flushdb()
     return state
 
@@ -148,8 +155,25 @@ def test_the_finish_script_ends_a_success_as_rqs_own_objects_do(redis_client: Re
     assert by_script[0] == by_rq[0]
     assert_same_timings(by_script[1], by_rq[1])
     assert by_script[2:] == by_rq[2:]
-    assert by_script[2] == "finished" and by_script[3] and by_script[7] == b"1"
-    assert JobResult.model_validate(by_script[5]).result.text == "answer"  # type: ignore[union-attr]
+    assert by_script[2] == "finished" and by_script[4] == {b"successful_job_count": b"1"}
+    assert JobResult.model_validate(by_script[3][1]).result.text == "answer"  # type: ignore[union-attr]
     # Ended everywhere: no execution, nothing started, the job in its finished registry.
     assert not any(key.startswith(("rq:execution:", "rq:wip:")) for key in by_script[0])
     assert by_script[0]["rq:finished:vlq-infer:m"][2] == ["j"]
+
+
+def test_a_cancel_while_the_engine_answered_ends_the_job_canceled_in_the_same_step(redis_client: Redis) -> None:
+    result, canceled = done("answer"), JobResult(state=JobState.CANCELED, finished_at=time.time(),
+                                                 error=JobError(code=ErrorCode.CANCELED, message="canceled"))
+    by_script = _ended_state(redis_client, result, by_script=True, canceled=canceled)
+    by_rq = _ended_state(redis_client, result, by_script=False, canceled=canceled)
+    assert by_script[0] == by_rq[0]
+    assert_same_timings(by_script[1], by_rq[1])
+    assert by_script[2:] == by_rq[2:]
+    assert by_script[2] == "canceled" and by_script[4] == {b"failed_job_count": b"1"}
+    assert JobResult.model_validate_json(by_script[5]).state is JobState.CANCELED
+    # Not cached, the stream's last event is the cancel, the job in its canceled registry.
+    assert not any(key.startswith(CACHE_PREFIX) for key in by_script[0])
+    assert by_script[0]["rq:canceled:vlq-infer:m"][2] == ["j"]
+    # Without the flag, the offered cancel is not taken.
+    assert _ended_state(redis_client, result, by_script=True, canceled=canceled, flagged=False)[2] == "finished"
