@@ -215,6 +215,7 @@ async def _start_engine(starting: Coroutine[Any, Any, Engine], timeout_s: float 
 
 async def _measure(settings: WorkerSettings, work: Workload, rounds: int, curve: bool) -> list[Check]:
     from redis import Redis
+    from redis.asyncio import Redis as AsyncRedis
 
     from worker.runner import Runner
     from worker.vllm_engine import VllmEngine
@@ -225,7 +226,8 @@ async def _measure(settings: WorkerSettings, work: Workload, rounds: int, curve:
     with LocalStack(engine="vllm", model=settings.served_model_name) as stack:
         stack.start(worker=False)
         redis = Redis.from_url(stack.redis_url)
-        runner = Runner(settings, engine, redis, "bench-worker")
+        aredis = AsyncRedis.from_url(stack.redis_url)
+        runner = Runner(settings, engine, redis, "bench-worker", aredis=aredis)
         running = asyncio.create_task(runner.run())
         bench = Bench(engine, stack, running)
         try:
@@ -236,6 +238,7 @@ async def _measure(settings: WorkerSettings, work: Workload, rounds: int, curve:
             runner.request_stop()
             await running
             redis.close()
+            await aredis.aclose()
             engine.shutdown()
     return _report(results, work, settings)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from base64 import b64encode
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,29 +93,50 @@ def end_job(redis: Redis, ending: Ending, job: Job, execution: Execution | None,
 
 
 def end_jobs(redis: Redis, ended: Sequence[tuple[Ending, Job, Execution | None]], worker_name: str,
-             rq_worker: Worker | None = None, scripts: Scripts | None = None,
-             first: Callable[[Pipeline], object] | None = None) -> list[Ended]:
-    """``end_job`` of many jobs in one round trip (one MULTI: what ``first`` queues, then each job's finish
-    script and its RQ records). For each, what its end did."""
+             rq_worker: Worker | None = None, scripts: Scripts | None = None) -> list[Ended]:
+    """``end_job`` of many jobs in one round trip (one MULTI: each job's finish script and its RQ records).
+    For each, what its end did."""
     scripts = scripts or Scripts(redis)
-    firsts: list[int] = []
     with redis.pipeline() as pipe:
-        if first is not None:
-            first(pipe)
-        for ending, job, execution in ended:
-            firsts.append(len(pipe))
-            if execution is not None and ending.result.state is JobState.DONE:
-                # The common end: RQ's records written by the finish script itself, no commands composed here.
-                _publish(pipe, scripts, ending, _Success(job, execution, worker_name, rq_worker))
-            else:
-                _publish(pipe, scripts, ending)
-                _rq_bookkeeping(pipe, redis, job, execution, ending.result, worker_name, rq_worker)
-        replies = pipe.execute()
-    outcomes = [Ended(written=bool(int(replies[index]) & 1), canceled=bool(int(replies[index]) & 2))
-                for index in firsts]
+        firsts = queue_ends(pipe, redis, ended, worker_name, rq_worker, scripts)
+        outcomes = read_ends(pipe.execute(), firsts)
+    after_ends(redis, scripts, ended, outcomes)
+    return outcomes
+
+
+def queue_ends(pipe: Pipeline, redis: Redis, ended: Sequence[tuple[Ending, Job, Execution | None]], worker_name: str,
+               rq_worker: Worker | None, scripts: Scripts) -> list[int]:
+    """Queue each end's finish script and RQ records on ``pipe`` (a pipeline only queues them: redis-py's
+    asyncio pipeline does as well as this one); the index of each end's finish-script reply."""
+    firsts: list[int] = []
+    for ending, job, execution in ended:
+        firsts.append(len(pipe))
+        if execution is not None and ending.result.state is JobState.DONE:
+            # The common end: RQ's records written by the finish script itself, no commands composed here.
+            _publish(pipe, scripts, ending, _Success(job, execution, worker_name, rq_worker))
+        else:
+            _publish(pipe, scripts, ending)
+            _rq_bookkeeping(pipe, redis, job, execution, ending.result, worker_name, rq_worker)
+    return firsts
+
+
+def read_ends(replies: Sequence[Any], firsts: list[int]) -> list[Ended]:
+    """What each end did, from the replies of the pipeline ``queue_ends`` filled."""
+    return [Ended(written=bool(int(replies[index]) & 1), canceled=bool(int(replies[index]) & 2))
+            for index in firsts]
+
+
+def after_ends(redis: Redis, scripts: Scripts, ended: Sequence[tuple[Ending, Job, Execution | None]],
+               outcomes: list[Ended]) -> None:
+    """What follows the ends: a window job's end counts towards its merge jobs. Blocking (one round trip per
+    window job, none otherwise)."""
     for (ending, job, _), outcome in zip(ended, outcomes, strict=True):
         _after_end(redis, scripts, job, outcome.result_of(ending))
-    return outcomes
+
+
+def any_window(ended: Sequence[tuple[Ending, Job, Execution | None]]) -> bool:
+    """Whether ``after_ends`` has anything to do for these ends."""
+    return any(merges.is_window(job) for _, job, _ in ended)
 
 
 def record_in_rq(redis: Redis, job: Job, execution: Execution | None, result: JobResult,

@@ -15,14 +15,18 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
+from rq.executions import Execution
+from rq.job import Job
 from rq.worker import Worker
 
 from worker import endings, metrics
-from worker.completion import Ending, end_jobs
+from worker.completion import Ended, Ending, after_ends, any_window, queue_ends, read_ends
 from worker.constants import ENGINE_CALLS, MAX_INFLIGHT_SEEN
 from worker.contract import JobState
 from worker.deltas import DeltaBuffer
@@ -45,9 +49,11 @@ class _Pending:
 class Finisher:
     """Batches job ends into as few round trips as the engine's pace allows."""
 
-    def __init__(self, redis: Redis, scripts: Scripts, deltas: DeltaBuffer, worker_name: str,
+    def __init__(self, redis: Redis, aredis: AsyncRedis, scripts: Scripts, deltas: DeltaBuffer, worker_name: str,
                  rq_worker: Worker | None, patience_s: float) -> None:
         self.redis = redis
+        # The ends go out on the event loop: a thread hop per batch cost more than the batch's own commands.
+        self.aredis = aredis
         self.scripts = scripts
         self.deltas = deltas
         self.worker_name = worker_name
@@ -80,7 +86,7 @@ class Finisher:
             try:
                 async with self.deltas.lock:
                     tails = [self.deltas.take(item.claimed.job.id) for item in batch]
-                    await asyncio.to_thread(self._finish, batch, tails, peak)
+                    await self._finish(batch, tails, peak)
             except Exception as exc:  # the janitor sweeps what could not be ended
                 for item in batch:
                     if not item.done.done():
@@ -91,31 +97,36 @@ class Finisher:
                 if not item.done.done():
                     item.done.set_result(None)
 
-    def _finish(self, batch: list[_Pending], tails: list[str], peak: int) -> None:
+    async def _finish(self, batch: list[_Pending], tails: list[str], peak: int) -> None:
         deadline = time.monotonic() + self.patience_s
         ended = [(self._ending(item, tail), item.claimed.job, item.claimed.execution)
                  for item, tail in zip(batch, tails, strict=True)]
-        answered = sum(1 for item in batch if item.engine_called)
-
-        def stats(pipe: Pipeline) -> None:
-            """The engine-call statistics, written with the ends."""
-            if answered:
-                pipe.incrby(ENGINE_CALLS, answered)
-                self.scripts.high_water(keys=[MAX_INFLIGHT_SEEN], args=[peak], client=pipe)
-
         while True:
             try:
-                outcomes = end_jobs(self.redis, ended, self.worker_name, self.rq_worker, self.scripts, stats)
+                outcomes = await self._end(ended, sum(1 for item in batch if item.engine_called), peak)
                 break
             except RedisError as exc:
                 if time.monotonic() > deadline:
                     raise
                 log.warning("cannot reach Redis to finish %d job(s) (%s); retrying", len(batch),
                             type(exc).__name__)
-                time.sleep(1.0)
+                await asyncio.sleep(1.0)
+        if any_window(ended):
+            await asyncio.to_thread(after_ends, self.redis, self.scripts, ended, outcomes)
         for item, (ending, _, _), outcome in zip(batch, ended, outcomes, strict=True):
             if outcome.canceled:
                 item.ending = Ending(ending.job_id, outcome.result_of(ending), ending.payload)
+
+    async def _end(self, ended: list[tuple[Ending, Job, Execution]], answered: int, peak: int) -> list[Ended]:
+        """One MULTI: the engine-call statistics, then every job's end (``completion.queue_ends``)."""
+        async with self.aredis.pipeline(transaction=True) as pipe:
+            # Commands are only queued on it, as on a blocking pipeline (see completion.queue_ends).
+            queued = cast(Pipeline, pipe)
+            if answered:
+                queued.incrby(ENGINE_CALLS, answered)
+                self.scripts.high_water(keys=[MAX_INFLIGHT_SEEN], args=[peak], client=queued)
+            firsts = queue_ends(queued, self.redis, ended, self.worker_name, self.rq_worker, self.scripts)
+            return read_ends(await pipe.execute(), firsts)
 
     @staticmethod
     def _ending(item: _Pending, tail: str) -> Ending:

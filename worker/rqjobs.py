@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 from uuid import uuid4
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job
 from rq.queue import Queue
@@ -27,7 +29,7 @@ from cache.codec import as_text
 from worker.constants import BATCH_QUEUE_NAME, CANCEL_PREFIX, IMAGE_PREFIX, QUEUE_NAME, STREAM_PREFIX
 from worker.contract import START_META, Priority
 from worker.events import STREAM_MAXLEN
-from worker.scripts import Scripts
+from worker.scripts import AsyncLua, Scripts
 
 
 def queue_names(model: str) -> dict[Priority, str]:
@@ -86,14 +88,16 @@ def claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heart
           block_s: float, slots: Slots) -> list[Claimed]:
     """Jobs for up to ``slots.count`` free slots, chosen by the claim rule and registered as started, in one
     round trip however many (``worker/lua/claim.lua``). When every queue is empty, blocks up to ``block_s``
-    on the interactive queue for one (then the claim is one more round trip). Blocking: call from a thread.
+    on the interactive queue for one (then the claim is one more round trip). Blocking: call from a thread;
+    the worker itself uses ``aclaim``, the same on its asyncio client.
 
     The script takes each id from its queue and writes RQ's start records in the same atomic step, so no job
     is ever out of its queue without being started. The blocking wait is RQ's own BLMOVE into the queue's
     intermediate list, so a worker that dies before the claim that follows leaves the id where the janitor
     finds it. RQ's own ``dequeue_any`` pops one job without that list, hence our own.
     """
-    claimed = _claim(pool, scripts, worker_name, heartbeat_ttl_s, slots, "")
+    request = _Claim(pool, worker_name, heartbeat_ttl_s, slots)
+    claimed = request.read(scripts.claim(keys=request.keys, args=request.args("")))
     if claimed or block_s <= 0:
         return claimed
     interactive = pool[Priority.INTERACTIVE]
@@ -103,35 +107,65 @@ def claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heart
                                         block_s)  # type: ignore[arg-type]
     if raw is None:
         return []
-    return _claim(pool, scripts, worker_name, heartbeat_ttl_s, slots, as_text(raw))
+    return request.read(scripts.claim(keys=request.keys, args=request.args(as_text(raw))))
 
 
-def _claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heartbeat_ttl_s: int,
-           slots: Slots, popped: str) -> list[Claimed]:
-    interactive, batch = pool[Priority.INTERACTIVE], pool[Priority.BATCH]
-    connection = interactive.connection
-    started = now()
-    executions = [uuid4().hex for _ in range(slots.count)]
-    found = scripts.claim(keys=[interactive.key, interactive.intermediate_queue_key, started_key(interactive),
-                                batch.key, batch.intermediate_queue_key, started_key(batch)],
-                          args=[slots.count, slots.batch_room, slots.streak, slots.batch_every,
-                                Job.redis_job_namespace_prefix, worker_name, started.timestamp(),
-                                utcformat(started), heartbeat_ttl_s, popped, START_META, CANCEL_PREFIX,
-                                IMAGE_PREFIX, STREAM_PREFIX, STREAM_MAXLEN, *executions])
-    claimed: list[Claimed] = []
-    for i in range(0, len(found), 7):
-        queue, job_id, flat, execution_id, begun, canceled, media = found[i:i + 7]
-        if not flat:
-            continue  # deleted while queued (its TTL, a cleanup): dropped, as RQ drops it
-        priority = Priority.INTERACTIVE if int(queue) == 1 else Priority.BATCH
-        job = Job(as_text(job_id), connection=connection, serializer=JSONSerializer)
-        job.restore(dict(zip(flat[::2], flat[1::2], strict=True)))
-        execution = Execution(id=as_text(execution_id), job_id=job.id, connection=connection,
-                              worker_name=worker_name)
-        execution.created_at = execution.last_heartbeat = started
-        claimed.append(Claimed(job=job, execution=execution, queue=pool[priority], priority=priority,
-                               begun=Begun(bool(canceled), list(media)) if int(begun) else None))
-    return claimed
+async def aclaim(pool: dict[Priority, Queue], aredis: AsyncRedis, script: AsyncLua, worker_name: str,
+                 heartbeat_ttl_s: int, block_s: float, slots: Slots) -> list[Claimed]:
+    """``claim`` on the asyncio client: no thread hop between a job's wake-up and its start. ``pool``'s
+    queues (on the blocking client) name the keys and hold the claimed jobs; ``script`` is ``claim.lua``."""
+    request = _Claim(pool, worker_name, heartbeat_ttl_s, slots)
+    claimed = request.read(await script(keys=request.keys, args=request.args("")))
+    if claimed or block_s <= 0:
+        return claimed
+    interactive = pool[Priority.INTERACTIVE]
+    raw = await aredis.blmove(interactive.key, interactive.intermediate_queue_key, block_s)  # type: ignore[arg-type]
+    if raw is None:
+        return []
+    return request.read(await script(keys=request.keys, args=request.args(as_text(raw))))
+
+
+class _Claim:
+    """One claim's keys and arguments for ``claim.lua``, and the jobs read from its reply."""
+
+    def __init__(self, pool: dict[Priority, Queue], worker_name: str, heartbeat_ttl_s: int, slots: Slots) -> None:
+        self.pool = pool
+        self.worker_name = worker_name
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.slots = slots
+        interactive, batch = pool[Priority.INTERACTIVE], pool[Priority.BATCH]
+        self.keys = [interactive.key, interactive.intermediate_queue_key, started_key(interactive),
+                     batch.key, batch.intermediate_queue_key, started_key(batch)]
+        self.started = now()
+
+    def args(self, popped: str) -> list[str | int | float]:
+        """The script's arguments; ``popped``: an id the blocking wait moved ('' if none)."""
+        # Each call is its own start: the blocking wait may have lasted a while.
+        self.started = now()
+        slots, started = self.slots, self.started
+        return [slots.count, slots.batch_room, slots.streak, slots.batch_every, Job.redis_job_namespace_prefix,
+                self.worker_name, started.timestamp(), utcformat(started), self.heartbeat_ttl_s, popped, START_META,
+                CANCEL_PREFIX, IMAGE_PREFIX, STREAM_PREFIX, STREAM_MAXLEN,
+                *(uuid4().hex for _ in range(slots.count))]
+
+    def read(self, found: list[Any]) -> list[Claimed]:
+        """The jobs the script started, as RQ's objects (a job deleted while queued is dropped, as RQ drops
+        it)."""
+        connection = self.pool[Priority.INTERACTIVE].connection
+        claimed: list[Claimed] = []
+        for i in range(0, len(found), 7):
+            queue, job_id, flat, execution_id, begun, canceled, media = found[i:i + 7]
+            if not flat:
+                continue
+            priority = Priority.INTERACTIVE if int(queue) == 1 else Priority.BATCH
+            job = Job(as_text(job_id), connection=connection, serializer=JSONSerializer)
+            job.restore(dict(zip(flat[::2], flat[1::2], strict=True)))
+            execution = Execution(id=as_text(execution_id), job_id=job.id, connection=connection,
+                                  worker_name=self.worker_name)
+            execution.created_at = execution.last_heartbeat = self.started
+            claimed.append(Claimed(job=job, execution=execution, queue=self.pool[priority], priority=priority,
+                                   begun=Begun(bool(canceled), list(media)) if int(begun) else None))
+        return claimed
 
 
 def heartbeat(scripts: Scripts, claimed: list[Claimed], ttl_s: int) -> int:

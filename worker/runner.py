@@ -3,8 +3,8 @@
 Each job is its own asyncio task streaming from the engine; the engine (vLLM's AsyncLLM) batches every
 request in flight into the same forward passes. Streamed text is buffered per job and appended to the
 jobs' event streams every ``stream_flush_interval_s``, all jobs in one round trip, so deltas cost the
-engine nothing per token. Redis calls are blocking (redis-py, RQ), so they run in threads; the event loop
-only waits.
+engine nothing per token. A job's own path (claim, start, end) runs on the event loop with the asyncio Redis
+client; the blocking calls that remain (heartbeat, deltas, merges, RQ's rarer paths) run in threads.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.worker import Worker
@@ -39,8 +41,8 @@ from worker.contract import (
 from worker.deltas import DeltaBuffer
 from worker.engine import Engine, EngineError, EngineOutput, EngineRequest, VideoInput
 from worker.finisher import Finisher
-from worker.rqjobs import Claimed, Slots, claim, heartbeat, open_queues, requeue_unfinished, retry_window
-from worker.scripts import Scripts
+from worker.rqjobs import Claimed, Slots, aclaim, heartbeat, open_queues, requeue_unfinished, retry_window
+from worker.scripts import AsyncLua, Scripts, source
 
 log = logging.getLogger("vlq.worker")
 # How long a slot that batch may not take waits for interactive work before the rule is asked again.
@@ -75,10 +77,15 @@ class Runner:
     """Feeds RQ jobs to one engine, many at a time, until asked to stop; then drains."""
 
     def __init__(self, settings: WorkerSettings, engine: Engine, redis: Redis, name: str,
-                 rq_worker: Worker | None = None) -> None:
+                 rq_worker: Worker | None = None, aredis: AsyncRedis | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.redis = redis
+        # The per-job path (claim, start, end) runs on the event loop with this client; the rest (heartbeat,
+        # deltas, merges) stays on the blocking one in threads. Default: ``settings.redis_url``.
+        self._owns_aredis = aredis is None
+        self.aredis = aredis or AsyncRedis.from_url(settings.redis_url, health_check_interval=30)
+        self._claim_script = AsyncLua(self.aredis, source("claim"))
         self.name = name
         self.model = settings.served_model_name
         self.queues = open_queues(redis, self.model)
@@ -94,7 +101,8 @@ class Runner:
         self._stop = asyncio.Event()
         self.deltas = DeltaBuffer(self.scripts, settings.stream_flush_interval_s)
         # A result is worth waiting for Redis to come back; only after the lease would the janitor act.
-        self.finisher = Finisher(redis, self.scripts, self.deltas, name, rq_worker, settings.heartbeat_ttl_s * 4)
+        self.finisher = Finisher(redis, self.aredis, self.scripts, self.deltas, name, rq_worker,
+                                 settings.heartbeat_ttl_s * 4)
         # Jobs whose engine call answered (their end checks for a late cancel and counts the call).
         self._answered: set[str] = set()
         self.service = capacity.ServiceTime()
@@ -133,6 +141,8 @@ class Runner:
             for task in background:
                 task.cancel()
             await asyncio.to_thread(self._withdraw)
+            if self._owns_aredis:
+                await self.aredis.aclose()
 
     def _withdraw(self) -> None:
         with contextlib.suppress(RedisError):  # else the entry lapses by itself
@@ -145,7 +155,7 @@ class Runner:
         # Capped batch: look again soon, a batch slot may free; else block until interactive work arrives.
         block_s = _CAPPED_BLOCK_S if room <= 0 else float(self.settings.dequeue_timeout_s)
         slots = Slots(count=free, batch_room=room, streak=self._streak, batch_every=self.rule.batch_every)
-        claimed = await asyncio.to_thread(self._claim_and_start, slots, block_s)
+        claimed = await self._claim_and_start(slots, block_s)
         for item, start in claimed:
             self._streak = 0 if item.priority is Priority.BATCH else self._streak + 1
             self._inflight[item.job.id] = item
@@ -153,11 +163,12 @@ class Runner:
             self._tasks.add(task)
             task.add_done_callback(self._job_done)
 
-    def _claim_and_start(self, slots: Slots, block_s: float) -> list[tuple[Claimed, _Start]]:
+    async def _claim_and_start(self, slots: Slots, block_s: float) -> list[tuple[Claimed, _Start]]:
         """Claim jobs for the free slots and read what each starts with: one round trip for all of them (the
         claim script registers them as started and reads each inference job's cancel flag and media, from
         the gateway's start entry), and one more for the inference jobs it could not start that way."""
-        claimed = claim(self.queues, self.scripts, self.name, self.settings.heartbeat_ttl_s, block_s, slots)
+        claimed = await aclaim(self.queues, self.aredis, self._claim_script, self.name,
+                               self.settings.heartbeat_ttl_s, block_s, slots)
         payloads = [_job_payload(item) for item in claimed]
         starts: dict[str, _Start] = {}
         unread: list[tuple[Claimed, InferJob]] = []
@@ -170,16 +181,19 @@ class Runner:
                 starts[item.job.id] = _started(payload, begun.canceled, begun.media)
             else:
                 unread.append((item, payload))
-        if unread:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for item, payload in unread:
-                    _queue_start(pipe, self.scripts, item.job.id, payload)
-                replies = pipe.execute()
+        if unread:  # rare (merge jobs need none): on the blocking client
+            replies = await asyncio.to_thread(self._read_starts, unread)
             for index, (item, payload) in enumerate(unread):
                 canceled, blobs, _ = replies[3 * index:3 * index + 3]
                 starts[item.job.id] = _started(payload, bool(canceled), blobs if payload.media_digests() else [])
         return [(item, starts.get(item.job.id) or _Start(payload))
                 for item, payload in zip(claimed, payloads, strict=True)]
+
+    def _read_starts(self, unread: list[tuple[Claimed, InferJob]]) -> list[Any]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for item, payload in unread:
+                _queue_start(pipe, self.scripts, item.job.id, payload)
+            return pipe.execute()
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -14,7 +14,7 @@ from worker.claims import ClaimRule
 from worker.constants import CANCEL_PREFIX, IMAGE_PREFIX, INFER_FUNC
 from worker.contract import START_META, Priority
 from worker.events import stream_key
-from worker.rqjobs import Begun, Slots, _claim, claim, heartbeat, open_queues
+from worker.rqjobs import Begun, Slots, _Claim, claim, heartbeat, open_queues
 from worker.scripts import Scripts
 
 INT, B = Priority.INTERACTIVE, Priority.BATCH
@@ -173,7 +173,8 @@ def test_a_job_popped_by_the_blocking_wait_is_started_with_the_others(redis_clie
         queue.enqueue(INFER_FUNC, job={}, job_id=name)
     # As after the worker's BLMOVE woke: the first id already in the intermediate list.
     redis_client.lmove(queue.key, queue.intermediate_queue_key)
-    claimed = _claim(queues, Scripts(redis_client), "w", 30, Slots(3, 0), "first")
+    request = _Claim(queues, "w", 30, Slots(3, 0))
+    claimed = request.read(Scripts(redis_client).claim(keys=request.keys, args=request.args("first")))
     assert [item.job.id for item in claimed] == ["first", "second"]
     assert sorted(queue.started_job_registry.get_job_ids()) == ["first", "second"]
     assert redis_client.llen(queue.intermediate_queue_key) == 0 and redis_client.llen(queue.key) == 0

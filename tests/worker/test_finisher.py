@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from rq.registry import CanceledJobRegistry, FinishedJobRegistry
 
 from tests.worker.test_completion import payload
@@ -21,7 +22,8 @@ from worker.rqjobs import Slots, claim, open_queues
 from worker.scripts import Scripts
 
 
-def test_an_answer_the_client_canceled_meanwhile_ends_canceled_and_the_others_done(redis_client: Redis) -> None:
+def test_an_answer_the_client_canceled_meanwhile_ends_canceled_and_the_others_done(redis_url: str,
+                                                                                   redis_client: Redis) -> None:
     pool = open_queues(redis_client, "m")
     job = payload()
     for job_id in ("kept", "dropped"):
@@ -32,13 +34,15 @@ def test_an_answer_the_client_canceled_meanwhile_ends_canceled_and_the_others_do
 
     async def end_both() -> list[JobState]:
         scripts = Scripts(redis_client)
-        finisher = Finisher(redis_client, scripts, DeltaBuffer(scripts, 0.05), "w", None, 5.0)
+        aredis = AsyncRedis.from_url(redis_url)
+        finisher = Finisher(redis_client, aredis, scripts, DeltaBuffer(scripts, 0.05), "w", None, 5.0)
         running = asyncio.create_task(finisher.run())
         now = time.time()
         ends = await asyncio.gather(*(
             finisher.end(item, endings.done(item.job.id, job, output, now, now, None), True, now, 2)
             for item in claimed))
         running.cancel()
+        await aredis.aclose()
         return [ending.result.state for ending in ends]
 
     assert asyncio.run(end_both()) == [JobState.DONE, JobState.CANCELED]
