@@ -97,9 +97,9 @@ def claim(pool: dict[Priority, Queue], scripts: Scripts, worker_name: str, heart
     finds it. RQ's own ``dequeue_any`` pops one job without that list, hence our own.
     """
     request = _Claim(pool, worker_name, heartbeat_ttl_s, slots)
-    claimed = request.read(scripts.claim(keys=request.keys, args=request.args("")))
-    if claimed or block_s <= 0:
-        return claimed
+    found = scripts.claim(keys=request.keys, args=request.args(""))
+    if found or block_s <= 0:  # took something (even if only ids of deleted jobs): no wait
+        return request.read(found)
     interactive = pool[Priority.INTERACTIVE]
     # Block on interactive work: it is what must not wait (batch waits at most block_s).
     # Redis takes a fractional timeout (>= 6.0); redis-py's stub says int.
@@ -115,9 +115,9 @@ async def aclaim(pool: dict[Priority, Queue], aredis: AsyncRedis, script: AsyncL
     """``claim`` on the asyncio client: no thread hop between a job's wake-up and its start. ``pool``'s
     queues (on the blocking client) name the keys and hold the claimed jobs; ``script`` is ``claim.lua``."""
     request = _Claim(pool, worker_name, heartbeat_ttl_s, slots)
-    claimed = request.read(await script(keys=request.keys, args=request.args("")))
-    if claimed or block_s <= 0:
-        return claimed
+    found = await script(keys=request.keys, args=request.args(""))
+    if found or block_s <= 0:  # took something (even if only ids of deleted jobs): no wait
+        return request.read(found)
     interactive = pool[Priority.INTERACTIVE]
     raw = await aredis.blmove(interactive.key, interactive.intermediate_queue_key, block_s)  # type: ignore[arg-type]
     if raw is None:

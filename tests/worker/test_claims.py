@@ -95,6 +95,17 @@ def test_a_deleted_job_is_skipped(redis_client: Redis) -> None:
     assert redis_client.llen(queues[INT].intermediate_queue_key) == 0
 
 
+def test_a_claim_that_took_only_deleted_jobs_does_not_wait(redis_client: Redis) -> None:
+    import time
+
+    queues = open_queues(redis_client, "m")
+    redis_client.delete(queues[INT].enqueue(INFER_FUNC, job={}, job_id="gone").key)
+    started = time.monotonic()
+    assert claim(queues, Scripts(redis_client), "w", heartbeat_ttl_s=30, block_s=3, slots=one()) == []
+    assert time.monotonic() - started < 1.0
+    assert redis_client.llen(queues[INT].key) == 0
+
+
 def test_an_idle_claim_wakes_for_interactive_work_even_when_batch_is_tried_first(redis_client: Redis) -> None:
     import threading
     import time

@@ -22,3 +22,8 @@ local function append_event(stream, kind, data, maxlen)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '0-' .. (seq + 1), 'e', kind, 'd', data)
   return seq + 1
 end
+
+-- A stream is never left without a TTL: gives it one only where it has none (the gateway's own stays).
+local function keep_ttl(stream, ttl)
+  if redis.call('TTL', stream) < 0 then redis.call('EXPIRE', stream, ttl) end
+end

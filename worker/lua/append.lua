@@ -10,5 +10,5 @@ for i = 3, #ARGV, 2 do
   appended = append_event(stream, ARGV[i], ARGV[i + 1], ARGV[1])
   if appended == 0 then break end
 end
-if redis.call('TTL', stream) < 0 then redis.call('EXPIRE', stream, ARGV[2]) end
+keep_ttl(stream, ARGV[2])
 return appended

@@ -53,7 +53,7 @@ local function begin(id, entry)
   end
   local stream = ARGV[14] .. id
   append_event(stream, 'running', '{}', ARGV[15])
-  if redis.call('TTL', stream) < 0 then redis.call('EXPIRE', stream, entry.ttl) end
+  keep_ttl(stream, entry.ttl)
   found[#found + 1] = 1
   found[#found + 1] = redis.call('EXISTS', ARGV[12] .. id)
   found[#found + 1] = media
